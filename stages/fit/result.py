@@ -1,0 +1,146 @@
+"""The result of fitting one subject: per-vertex selections and scores, plus what produced them.
+
+Every method (FactorTopy, ridge baselines) returns a :class:`FitResult`; the
+planted truth of a synthetic subject is written in the same per-vertex columns, so
+stage three draws fits and truths alike. On disk a fit is a folder:
+``vertices.parquet`` (the per-vertex table), ``fit.json`` (config, metrics,
+provenance) and, for trained models, ``weights.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cache.errors import InvalidInputError, MissingInputError
+
+VERTEX_TABLE = "vertices.parquet"
+FIT_JSON = "fit.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+#: Columns every per-vertex table carries (fits and planted truths).
+REQUIRED_COLUMNS = ("vertex", "hemisphere", "fsaverage_index", "roi", "layer_argmax", "layer_entropy",
+                    "layer_mean", "space_x", "space_y", "scale")
+
+
+def layer_weight_column(layer: int) -> str:
+    """Name of the per-vertex column holding the softmax weight of ``layer``."""
+    return f"layer_weight_{layer:02d}"
+
+
+def layer_summary(layer_weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Argmax, normalised entropy (0 one-hot .. 1 uniform) and expected index of layer weights.
+
+    Args:
+        layer_weights: array of shape (n_vertices, n_layers), rows summing to 1.
+    """
+    weights = np.clip(np.asarray(layer_weights, dtype=np.float64), 0.0, None)
+    weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-12)
+    n_layers = weights.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plogp = np.where(weights > 0, weights * np.log(weights), 0.0)
+    entropy = -plogp.sum(axis=1) / np.log(n_layers) if n_layers > 1 else np.zeros(len(weights))
+    return {
+        "layer_argmax": weights.argmax(axis=1).astype(np.int32),
+        "layer_entropy": entropy.astype(np.float32),
+        "layer_mean": (weights @ np.arange(n_layers)).astype(np.float32),
+    }
+
+
+@dataclass
+class FitResult:
+    """Per-vertex selections and scores of one fit.
+
+    Attributes:
+        method: ``"factortopy"``, ``"ridge"``, ``"banded-ridge"`` or ``"truth"``.
+        subject: subject label.
+        model: feature model id.
+        layer_names: names of the layers the weights refer to.
+        vertices: column name -> array of shape (n_vertices,); holds at least
+            ``REQUIRED_COLUMNS`` and one ``layer_weight_XX`` column per layer, plus scores
+            (``r2_val``, ``r_val``, ``r2_test``, ``r_test``, ``noise_ceiling``,
+            ``r2_test_nc``) where the method has them.
+        metrics: summary numbers (mean scores, epochs, timings).
+        config: the resolved config that produced the fit.
+        provenance: model, store, subject and package versions.
+    """
+
+    method: str
+    subject: str
+    model: str
+    layer_names: tuple[str, ...]
+    vertices: dict[str, np.ndarray]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [name for name in REQUIRED_COLUMNS if name not in self.vertices]
+        missing += [layer_weight_column(i) for i in range(len(self.layer_names))
+                    if layer_weight_column(i) not in self.vertices]
+        if missing:
+            raise InvalidInputError(f"fit of {self.subject}/{self.model} lacks per-vertex columns: {', '.join(missing)}")
+        lengths = {len(values) for values in self.vertices.values()}
+        if len(lengths) != 1:
+            raise InvalidInputError(f"fit of {self.subject}/{self.model}: per-vertex columns differ in length {sorted(lengths)}")
+
+    @property
+    def n_vertices(self) -> int:
+        return len(self.vertices["vertex"])
+
+    @property
+    def layer_weights(self) -> np.ndarray:
+        """float32 array of shape (n_vertices, n_layers)."""
+        return np.stack([self.vertices[layer_weight_column(i)] for i in range(len(self.layer_names))], axis=1)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the per-vertex table and ``fit.json`` into ``directory`` (atomically, file by file)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        table = pa.table({name: np.asarray(values) for name, values in self.vertices.items()})
+        _atomic(directory / VERTEX_TABLE, lambda path: pq.write_table(table, path))
+        header = {"method": self.method, "subject": self.subject, "model": self.model,
+                  "layer_names": list(self.layer_names), "metrics": self.metrics,
+                  "config": self.config, "provenance": self.provenance}
+        _atomic(directory / FIT_JSON, lambda path: path.write_text(json.dumps(header, indent=2, default=_json_default)))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "FitResult":
+        """Read a fit folder written by :meth:`save`."""
+        directory = Path(directory)
+        for name in (FIT_JSON, VERTEX_TABLE):
+            if not (directory / name).is_file():
+                raise MissingInputError(f"{directory / name} does not exist: {directory} is not a finished fit")
+        try:
+            header = json.loads((directory / FIT_JSON).read_text())
+        except json.JSONDecodeError as error:
+            raise InvalidInputError(f"{directory / FIT_JSON} is not valid JSON: {error}") from error
+        table = pq.read_table(directory / VERTEX_TABLE)
+        vertices = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+        return cls(method=header["method"], subject=header["subject"], model=header["model"],
+                   layer_names=tuple(header["layer_names"]), vertices=vertices,
+                   metrics=header.get("metrics", {}), config=header.get("config", {}),
+                   provenance=header.get("provenance", {}))
+
+
+def _atomic(target: Path, write: Any) -> None:
+    partial = target.with_name(target.name + ".partial")
+    write(partial)
+    partial.replace(target)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
