@@ -52,7 +52,7 @@ synth: setup
 	$(BDDN) synth --subjects $(SUBJECTS) --model $(MODEL) $(ARGS)
 
 fit: setup
-	$(BDDN) fit --subject $(SUBJECT) --model $(MODEL) --data $(DATA) $(DATA_ROOT) --method $(METHOD) $(ARGS)
+	$(BDDN) fit --subject $(SUBJECT) --model $(MODEL) --imageset $(IMAGESET) --data $(DATA) $(DATA_ROOT) --method $(METHOD) $(ARGS)
 
 figures: setup
 	$(BDDN) figures $(ARGS)
