@@ -36,7 +36,9 @@ class Preprocessing:
         size: (height, width) of the network input in pixels.
         mean, std: per-channel normalisation applied to values scaled to 0..1.
         resize: ``"squash"`` (resize to ``size``, aspect not kept: the reference
-            behaviour) or ``"shorter_crop"`` (resize the shorter side then centre-crop).
+            behaviour), ``"shorter_crop"`` (resize the shorter side then centre-crop) or
+            ``"longest_pad"`` (resize the longer side to fit, then pad the bottom and right
+            with zeros after normalisation: SAM's own input transform).
         interpolation: ``"bicubic"`` or ``"bilinear"``.
     """
 

@@ -1,0 +1,75 @@
+"""Scale-out: a 2-worker dask LocalCluster fills the same store as one process, each worker loading the model once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from cache.errors import InvalidInputError
+from cache.store import FeatureStore
+from pipeline.demo_images import write_demo_images
+from pipeline.images import image_source_from_folder
+from stages.extract import ExtractConfig, extract_features, store_layout, store_provenance
+from stages.images import ImageSource
+from stages.scaleout import ModelRequest, extract_features_distributed, load_requested_model
+
+REQUEST = ModelRequest("timm:test_vit", pretrained=False, seed=1)
+
+
+class FailingLoader:
+    """Picklable loader that refuses one image, as a file damaged after validation would."""
+
+    def __init__(self, inner: object, broken: int) -> None:
+        self.inner, self.broken = inner, broken
+
+    def __call__(self, index: int) -> object:
+        if index == self.broken:
+            raise InvalidInputError(f"image {index}: truncated or corrupt image")
+        return self.inner(index)
+
+
+def _create(path: Path, images: ImageSource, cfg: ExtractConfig) -> FeatureStore:
+    model = load_requested_model(REQUEST)
+    return FeatureStore.create(path, image_ids=images.image_ids, layout=store_layout(model, cfg),
+                               provenance=store_provenance(model, images, cfg, seed=REQUEST.seed))
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(path, mode="r")
+    return {name: np.asarray(group[name][:]) for name in sorted(group.array_keys())}
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_one_process_store(tmp_path: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    images = image_source_from_folder(write_demo_images(tmp_path / "images", count=20, size=40).folder)
+    cfg = ExtractConfig(chunk_images=4, batch_size=3, grids=(8, 4), decode_workers=1)
+    single = _create(tmp_path / "single.zarr", images, cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # dask worker processes run torch with one thread each
+    try:
+        extract_features(load_requested_model(REQUEST), images, single, cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+    spread = _create(tmp_path / "spread.zarr", images, cfg)
+    broken = ImageSource(image_ids=images.image_ids, load=FailingLoader(images.load, 6), decoding=images.decoding)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        with pytest.raises(InvalidInputError, match="image 6"):
+            extract_features_distributed(REQUEST, broken, spread, cfg, client=client, progress=False)
+        assert spread.pending_chunks() == [1]
+        report = extract_features_distributed(REQUEST, images, spread, cfg, client=client, progress=False)
+        loads = client.run(lambda: load_requested_model.cache_info().misses)
+    assert report.n_chunks == 1 and report.n_images == 4
+    assert sorted(loads.values()) in ([1, 1], [0, 1])  # at most one model load per worker process
+    assert FeatureStore.open(spread.path).is_complete()
+    expected, got = _arrays(single.path), _arrays(spread.path)
+    assert sorted(expected) == sorted(got)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)

@@ -1,0 +1,92 @@
+"""Kill-and-resume: SIGKILL a running `bddn features` at several points; the resumed store equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from cache.store import FeatureStore
+from pipeline import cli, runroot
+from pipeline.demo_images import write_demo_images
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "timm:test_vit"
+#: The console command restricted to `features`, so the test depends on no other sub-command.
+LAUNCH = ("import sys; from pipeline import cli; cli.COMMAND_MODULES = ('pipeline.commands.features',); "
+          "sys.exit(cli.main(sys.argv[1:]))")
+
+
+def _arguments(run_root: Path, images: Path) -> list[str]:
+    return ["--run-root", str(run_root), "features", "--model", MODEL, "--random-init", "--seed", "3",
+            "--images", str(images), "--chunk-images", "4", "--batch-size", "2", "--grid", "8,4",
+            "--decode-workers", "1", "--no-progress"]
+
+
+def _done_chunks(store: Path) -> int:
+    """Completion records on disk (one zarr chunk file per finished image block), read without opening the store."""
+    folder = store / "chunk_done" / "c"
+    return sum(1 for path in folder.iterdir() if path.name.isdigit()) if folder.is_dir() else 0  # not temp files
+
+
+def _start(run_root: Path, images: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, *_arguments(run_root, images)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _kill_after(process: subprocess.Popen, store: Path, n_done: int, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _done_chunks(store) < n_done:
+        assert process.poll() is None, f"extraction ended before it could be killed: {process.stderr.read().decode()}"
+        assert time.monotonic() < deadline, "no progress"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(path, mode="r")
+    return {name: np.asarray(group[name][:]) for name in sorted(group.array_keys())}
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_to_the_uninterrupted_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = write_demo_images(tmp_path / "images", count=36, size=40).folder  # 9 chunks of 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pipeline.commands.features",))
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same intra-op threads as the subprocesses
+    try:
+        assert cli.main(_arguments(tmp_path / "reference", images)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    reference = runroot.feature_store_path(tmp_path / "reference", "images", MODEL)
+
+    resumed = runroot.feature_store_path(tmp_path / "resumed", "images", MODEL)
+    for kill_at in (1, 3, 6):  # after the 1st, 3rd and 6th completion records
+        _kill_after(_start(tmp_path / "resumed", images), resumed, kill_at)
+        pending = FeatureStore.open(resumed).pending_chunks()
+        assert 0 < len(pending) <= 9 - kill_at
+    final = _start(tmp_path / "resumed", images)
+    _, stderr = final.communicate(timeout=240)
+    assert final.returncode == 0, stderr.decode()
+    assert "chunks to compute" in stderr.decode()
+
+    store = FeatureStore.open(resumed)
+    assert store.is_complete() and store.n_chunks == 9
+    expected, got = _arrays(reference), _arrays(resumed)
+    assert sorted(expected) == sorted(got)
+    for name in expected:
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+    assert not any(np.isnan(values).any() for values in got.values() if values.dtype.kind == "f")
