@@ -108,26 +108,38 @@ class FitResult:
         header = {"method": self.method, "subject": self.subject, "model": self.model,
                   "layer_names": list(self.layer_names), "metrics": self.metrics,
                   "config": self.config, "provenance": self.provenance}
-        _atomic(directory / FIT_JSON, lambda path: path.write_text(json.dumps(header, indent=2, default=_json_default)))
+        _atomic(directory / FIT_JSON, lambda path: path.write_text(json.dumps(header, indent=2, default=json_default)))
         return directory
 
     @classmethod
     def load(cls, directory: str | Path) -> "FitResult":
         """Read a fit folder written by :meth:`save`."""
-        directory = Path(directory)
-        for name in (FIT_JSON, VERTEX_TABLE):
-            if not (directory / name).is_file():
-                raise MissingInputError(f"{directory / name} does not exist: {directory} is not a finished fit")
-        try:
-            header = json.loads((directory / FIT_JSON).read_text())
-        except json.JSONDecodeError as error:
-            raise InvalidInputError(f"{directory / FIT_JSON} is not valid JSON: {error}") from error
-        table = pq.read_table(directory / VERTEX_TABLE)
-        vertices = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+        header, vertices = read_vertex_folder(Path(directory), FIT_JSON, VERTEX_TABLE, "is not a finished fit")
         return cls(method=header["method"], subject=header["subject"], model=header["model"],
                    layer_names=tuple(header["layer_names"]), vertices=vertices,
                    metrics=header.get("metrics", {}), config=header.get("config", {}),
                    provenance=header.get("provenance", {}))
+
+
+def read_vertex_folder(folder: Path, header_name: str, table_name: str,
+                       missing_means: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The JSON header and per-vertex columns of a result folder (a fit or a planted truth).
+
+    A missing file raises MissingInputError naming it and saying ``folder`` ``missing_means``; a
+    corrupt header or table raises InvalidInputError naming the file.
+    """
+    for name in (header_name, table_name):
+        if not (folder / name).is_file():
+            raise MissingInputError(f"{folder / name} does not exist: {folder} {missing_means}")
+    try:
+        header = json.loads((folder / header_name).read_text())
+    except json.JSONDecodeError as error:
+        raise InvalidInputError(f"{folder / header_name} is not valid JSON: {error}") from error
+    try:
+        table = pq.read_table(folder / table_name)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise InvalidInputError(f"{folder / table_name} is not a readable Parquet table: {error}") from error
+    return header, {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
 
 
 def _atomic(target: Path, write: Any) -> None:
@@ -136,7 +148,8 @@ def _atomic(target: Path, write: Any) -> None:
     partial.replace(target)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dumps`` fallback for numpy scalars and arrays and paths."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
