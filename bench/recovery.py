@@ -1,0 +1,176 @@
+"""Recovery benchmark: does a fit find the answer planted in a synthetic subject?
+
+On a synthetic subject (demo images -> mobilenet_v2 store -> ``bddn synth``; built
+here when the run root lacks them) it fits FactorTopy with the reference preset,
+FactorTopy in the improved mode, and the per-layer ridge baseline, all on the same
+split, then scores each against the planted truth:
+
+* layer-argmax accuracy, exact and within +-1 layer;
+* receptive-field centre error, median over vertices, in cells of the 8x8 grid
+  (the image spans 2 units, so one cell is 0.25); ridge has no sample point;
+* Spearman correlation of the fitted scale with the planted globality and with the
+  planted receptive-field size;
+* mean test R^2 as a fraction of the mean noise ceiling (and the median per-vertex ratio).
+
+Targets (noise ceiling 0.4, >= 1,000 training images): layer within +-1 >= 95 %, exact
+>= 80 %, median centre error <= 1 cell, R^2 / NC >= 0.8.
+
+    .venv/bin/python bench/recovery.py [--run-root DIR] [--subject 1] [--methods reference,improved,ridge]
+        [--epochs N] [--set improved.KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cache.store import FeatureStore  # noqa: E402
+from pipeline import runroot  # noqa: E402
+from pipeline.config import build_config  # noqa: E402
+from pipeline.subjects import load_subject  # noqa: E402
+from pipeline.synthetic.layout import load_planted_truth  # noqa: E402
+from stages.fit.config import FitConfig, config_record, reference_preset  # noqa: E402
+from stages.fit.result import FitResult  # noqa: E402
+from stages.fit.ridge import RidgeConfig, fit_ridge  # noqa: E402
+from stages.fit.train import fit_factortopy  # noqa: E402
+
+MODEL = runroot.DEFAULT_MODEL
+CELL = 2.0 / 8.0
+TARGETS = {"layer_within1": 0.95, "layer_exact": 0.80, "centre_error_cells": 1.0, "r2_over_nc": 0.8}
+
+
+def ensure_inputs(run_root: Path, subject: int) -> None:
+    """Build the demo images, the mobilenet_v2 store and the synthetic subject when missing."""
+    bddn = [sys.executable, "-m", "pipeline.cli", "--run-root", str(run_root)]
+    if not runroot.imageset_dir(run_root, "demo").is_dir():
+        subprocess.run(bddn + ["demo-images"], check=True, cwd=ROOT)
+    store = runroot.feature_store_path(run_root, "demo", MODEL)
+    if not store.exists() or not FeatureStore.open(store).is_complete():
+        subprocess.run(bddn + ["features", "--model", MODEL, "--imageset", "demo"], check=True, cwd=ROOT)
+    if not (runroot.synthetic_root(run_root) / f"subj{subject:02d}").is_dir():
+        subprocess.run(bddn + ["synth", "--subjects", str(subject), "--model", MODEL], check=True, cwd=ROOT)
+
+
+def recovery_scores(fit: FitResult, truth: FitResult) -> dict[str, float]:
+    """The benchmark's numbers for one fit against the planted truth (vertices matched by hemisphere and index)."""
+    key = lambda result: [f"{h}:{i}" for h, i in zip(result.vertices["hemisphere"], result.vertices["fsaverage_index"])]
+    position = {name: row for row, name in enumerate(key(fit))}
+    rows = np.array([position[name] for name in key(truth)])
+    f = {name: np.asarray(values)[rows] for name, values in fit.vertices.items()}
+    t = truth.vertices
+    difference = np.abs(f["layer_argmax"].astype(int) - t["layer_argmax"].astype(int))
+    centre = np.hypot(f["space_x"] - t["space_x"], f["space_y"] - t["space_y"]) / CELL
+    nc = np.asarray(t["noise_ceiling"], dtype=np.float64)
+    r2 = np.asarray(f["r2_test"], dtype=np.float64)
+    return {
+        "layer_exact": float((difference == 0).mean()),
+        "layer_within1": float((difference <= 1).mean()),
+        "layer_spearman": float(spearmanr(f["layer_mean"], t["layer_mean"]).statistic),
+        "centre_error_cells": float(np.nanmedian(centre)) if np.isfinite(centre).any() else float("nan"),
+        "scale_vs_globality": _spearman(f["scale"], t["scale"]),
+        "scale_vs_rf_size": _spearman(f["scale"], t["rf_size"]),
+        "mean_r2_test": float(r2.mean()),
+        "r2_over_nc": float(r2.mean() / nc.mean()),
+        "median_r2_over_nc": float(np.median(r2 / nc)),
+        "mean_r2_val": float(np.mean(f["r2_val"])),
+    }
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    keep = np.isfinite(a) & np.isfinite(b)
+    if keep.sum() < 3 or np.ptp(a[keep]) == 0:
+        return float("nan")
+    return float(spearmanr(a[keep], b[keep]).statistic)
+
+
+def method_configs(args: argparse.Namespace) -> dict[str, FitConfig]:
+    """The FactorTopy configs to benchmark: reference preset and improved mode, with overrides."""
+    overrides: dict[str, dict] = {"reference": {}, "improved": {}}
+    for item in args.set:
+        target, _, assignment = item.partition(".")
+        name, _, value = assignment.partition("=")
+        overrides.setdefault(target, {})[name] = json.loads(value)
+    configs = {}
+    for method, base in (("reference", reference_preset()), ("improved", FitConfig())):
+        changes = dict(overrides.get(method, {}))
+        if args.epochs is not None:
+            changes.setdefault("epochs", args.epochs)
+        if "model" in changes:
+            changes["model"] = {**config_record(base)["model"], **changes["model"]}
+        checked = build_config(FitConfig, changes)
+        configs[method] = dataclasses.replace(base, **{k: getattr(checked, k) for k in changes})
+    return configs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run-root", type=Path, default=ROOT / "runs", help="run root holding (or receiving) the inputs")
+    parser.add_argument("--subject", type=int, default=1)
+    parser.add_argument("--methods", default="reference,improved,ridge")
+    parser.add_argument("--val-fraction", type=float, default=0.05,
+                        help="validation share of the non-test images (0.05 leaves >= 1,000 training images of 1,200)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs for both FactorTopy modes (default: theirs)")
+    parser.add_argument("--set", action="append", default=[], metavar="MODE.KEY=JSON",
+                        help='override a config key, e.g. improved.selector_lr=0.01 or improved.model={"scale_mode":"pyramid"}')
+    parser.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: <run root>/bench/recovery.json)")
+    args = parser.parse_args(argv)
+    run_root = args.run_root.resolve()
+    ensure_inputs(run_root, args.subject)
+    store = FeatureStore.open(runroot.feature_store_path(run_root, "demo", MODEL))
+    subject = load_subject("synthetic", args.subject, root=run_root, val_fraction=args.val_fraction)
+    truth = load_planted_truth(runroot.synthetic_root(run_root) / subject.name)
+    configs = method_configs(args)
+    rows = {}
+    for method in args.methods.split(","):
+        started = time.perf_counter()
+        if method == "ridge":
+            fit = fit_ridge(store, subject, RidgeConfig())
+        else:
+            fit = fit_factortopy(store, subject, configs[method], checkpoint_dir=None, progress=False)
+        seconds = time.perf_counter() - started
+        rows[method] = {**recovery_scores(fit, truth), "seconds": seconds,
+                        "epochs_run": fit.metrics.get("epochs_run"), "best_epoch": fit.metrics.get("best_epoch"),
+                        "warm_start_seconds": fit.metrics.get("warm_start_seconds"),
+                        "history": getattr(fit, "history", None),
+                        "config": fit.config}
+        print(f"{method}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[method].items()
+                                          if isinstance(v, float)), flush=True)
+    header = {"subject": subject.name, "n_train": len(subject.splits["train"]), "n_val": len(subject.splits["val"]),
+              "n_test": len(subject.splits["test"]), "n_vertices": subject.n_vertices, "n_layers": store.n_layers,
+              "mean_noise_ceiling": float(np.mean(truth.vertices["noise_ceiling"])), "targets": TARGETS}
+    out = args.out or run_root / "bench" / "recovery.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"setup": header, "results": rows}, indent=2, default=str))
+    print(markdown_table(rows, header))
+    return 0
+
+
+def markdown_table(rows: dict[str, dict], header: dict) -> str:
+    """The results as a Markdown table with the targets in the last row."""
+    columns = ["layer_exact", "layer_within1", "layer_spearman", "centre_error_cells", "scale_vs_globality",
+               "scale_vs_rf_size", "mean_r2_test", "r2_over_nc", "seconds"]
+    lines = [f"subject {header['subject']}: {header['n_train']} train / {header['n_val']} val / {header['n_test']} test "
+             f"images, {header['n_vertices']} vertices, {header['n_layers']} layers, mean NC "
+             f"{header['mean_noise_ceiling']:.2f}", "",
+             "| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for method, row in rows.items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
+                                                   for c in columns) + " |")
+    lines.append("| target | " + " | ".join(str(TARGETS.get(c, "")) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

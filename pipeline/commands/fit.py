@@ -1,0 +1,169 @@
+"""``bddn fit``: stage two, fit one subject's responses from a feature store (FactorTopy or ridge baselines)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from cache.errors import MissingInputError
+from cache.store import FeatureStore
+from pipeline import runroot
+from pipeline.config import build_config, load_toml
+from pipeline.subjects import list_subject_readers, load_subject
+from stages.fit.config import FitConfig, config_record, reference_preset
+from stages.fit.result import FIT_JSON
+from stages.fit.train import fit_factortopy
+
+NAME = "fit"
+HELP = ("stage two: fit a subject's responses from a model's feature store and write "
+        "<run root>/fits/<model>/<subject>[-<method>]/ (per-vertex table, weights, metrics)")
+METHODS = ("factortopy", "ridge", "banded-ridge")
+CHECKPOINT_FOLDER = "checkpoint"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bddn fit``; unset options fall back to the preset, then the config defaults."""
+    defaults = FitConfig()
+    data = parser.add_argument_group("data")
+    data.add_argument("--subject", default="1", help="subject number (1 -> subj01) or name (default 1)")
+    data.add_argument("--data", default="synthetic", choices=[reader.name for reader in list_subject_readers()],
+                      help="kind of subject data (default synthetic: the subjects written by `bddn synth`)")
+    data.add_argument("--root", type=Path, default=None,
+                      help="data folder: " + "; ".join(f"{r.name}: {r.root_help}" for r in list_subject_readers())
+                           + " (default for synthetic: the run root)")
+    data.add_argument("--split-seed", type=int, default=0, help="seed of the train/val(/test) split (default 0)")
+    data.add_argument("--val-fraction", type=float, default=0.1, help="share of non-test images for validation")
+    data.add_argument("--model", default=runroot.DEFAULT_MODEL,
+                      help=f"model whose feature store to fit from (default {runroot.DEFAULT_MODEL})")
+    data.add_argument("--imageset", default=runroot.DEFAULT_IMAGESET,
+                      help=f"image set of that store: <run root>/features/<imageset>/<model>.zarr "
+                           f"(default {runroot.DEFAULT_IMAGESET!r})")
+    method = parser.add_argument_group("method")
+    method.add_argument("--method", choices=METHODS, default="factortopy",
+                        help="factortopy (default), ridge (per-layer ridge, best layer per vertex) or banded-ridge")
+    method.add_argument("--reference", action="store_true",
+                        help="the published reference's constants (batch 8, prior fading by step 2000, one learning "
+                             "rate, no warm start, ...) instead of the improved defaults")
+    method.add_argument("--config", type=Path, default=None,
+                        help="TOML preset: a [fit] table sets FitConfig keys (nested [fit.model] for the "
+                             "architecture), a [ridge] table RidgeConfig keys")
+    train = parser.add_argument_group("training (factortopy)")
+    train.add_argument("--epochs", type=int, default=None, help=f"maximum epochs (default {defaults.epochs})")
+    train.add_argument("--batch-size", type=int, default=None, help=f"images per step (default {defaults.batch_size})")
+    train.add_argument("--lr", type=float, default=None, help=f"read-out learning rate (default {defaults.lr})")
+    train.add_argument("--selector-lr", type=float, default=None,
+                       help=f"selector learning rate (default {defaults.selector_lr})")
+    train.add_argument("--layer-lr", type=float, default=None,
+                       help=f"layer selector learning rate; 0 keeps the warm start (default {defaults.layer_lr})")
+    train.add_argument("--patience", type=int, default=None,
+                       help=f"epochs without a better validation R^2 before stopping (default {defaults.patience})")
+    train.add_argument("--layers", type=_names, default=None, help="comma-separated store layer names (default all)")
+    train.add_argument("--warm-start", choices=("none", "layer", "layer+space"), default=None,
+                       help="initialise the layer selector from per-layer ridge scores (layer), and the space "
+                            f"selector from per-cell scores (layer+space) (default {defaults.warm_start})")
+    train.add_argument("--scale-mode", choices=("mix", "pyramid"), default=None,
+                       help="local/global mix (reference) or receptive-field size over a pooled pyramid")
+    train.add_argument("--smoothness", type=float, default=None, dest="smoothness_weight",
+                       help="weight of the selector smoothness penalty over mesh neighbours (default 0 = off)")
+    train.add_argument("--seed", type=int, default=None, help="seed of initialisation and batch order (default 0)")
+    compute = parser.add_argument_group("compute")
+    compute.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda, cuda:N")
+    compute.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default=None,
+                         help="autocast on CUDA (default auto: bf16 when supported); the CPU trains in fp32")
+    residency = compute.add_mutually_exclusive_group()
+    residency.add_argument("--resident", dest="resident", action="store_const", const="on", default=None,
+                           help="hold all features on the device (default: automatic by size)")
+    residency.add_argument("--stream", dest="resident", action="store_const", const="off",
+                           help="stream features from the store with bounded host memory")
+    parser.add_argument("--restart", action="store_true", help="discard an interrupted fit's checkpoint and start over")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the subject and the store, fit, write the fit folder."""
+    run_root = runroot.resolve_run_root(args.run_root)
+    preset = load_toml(args.config) if args.config else {}
+    data_root = args.root or (run_root if args.data == "synthetic" else None)
+    if data_root is None:
+        raise MissingInputError(f"--data {args.data} needs --root: the folder holding the subject data")
+    subject = load_subject(args.data, _subject_key(args.subject), root=data_root, split_seed=args.split_seed,
+                           val_fraction=args.val_fraction)
+    store_path = runroot.feature_store_path(run_root, args.imageset, args.model)
+    if not store_path.exists():
+        raise MissingInputError(f"no feature store for model {args.model!r} and image set {args.imageset!r} at "
+                                f"{store_path}; run `bddn features --model {args.model} --imageset {args.imageset}` first")
+    store = FeatureStore.open(store_path)
+    out = runroot.fit_dir(run_root, args.model, subject.name, args.method)
+    (out / FIT_JSON).unlink(missing_ok=True)
+    started = time.perf_counter()
+    if args.method == "factortopy":
+        cfg = fit_config(args, preset)
+        checkpoint = out / CHECKPOINT_FOLDER
+        if args.restart:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        neighbours = None
+        if cfg.smoothness_weight > 0:
+            from pipeline.surfaces import mesh_neighbours
+            neighbours = mesh_neighbours(subject.hemisphere, subject.fsaverage_index)
+        result = fit_factortopy(store, subject, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
+                                neighbours=neighbours)
+        result.save(out)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    else:
+        from stages.fit.ridge import RidgeConfig, fit_ridge
+
+        ridge_cfg = build_config(RidgeConfig, _ridge_defaults(RidgeConfig, args.method), preset.get("ridge"),
+                                 where="ridge config")
+        result = fit_ridge(store, subject, ridge_cfg)
+        result.save(out)
+    seconds = time.perf_counter() - started
+    scores = ", ".join(f"{key} {value:.3f}" for key, value in result.metrics.items()
+                       if key in ("mean_r2_val", "mean_r2_test", "median_r2_test_nc") and value == value)
+    print(f"bddn fit: {args.method} fit of {subject.name} on {args.model} in {seconds:.0f} s ({scores}) -> {out}")
+    return 0
+
+
+def fit_config(args: argparse.Namespace, preset: dict[str, Any]) -> FitConfig:
+    """FitConfig from the improved defaults (or the reference preset), then the TOML [fit] table, then flags."""
+    base = reference_preset() if args.reference else FitConfig()
+    flags = {key: getattr(args, key) for key in ("epochs", "batch_size", "lr", "selector_lr", "layer_lr", "patience", "layers",
+                                                 "warm_start", "smoothness_weight", "seed", "device", "precision",
+                                                 "resident")}
+    if args.scale_mode is not None:
+        flags["model"] = {"scale_mode": args.scale_mode}
+    overrides = _merged(preset.get("fit", {}), flags)
+    if "model" in overrides:
+        overrides["model"] = _merged(config_record(base)["model"], overrides["model"])
+    checked = build_config(FitConfig, overrides, where="fit config")
+    return dataclasses.replace(base, **{key: getattr(checked, key) for key in overrides})
+
+
+def _ridge_defaults(ridge_config: type, method: str) -> dict[str, Any]:
+    fields = ridge_config.__dataclass_fields__
+    return {"method": method} if "method" in fields else {}
+
+
+def _merged(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win key by key, nested tables merged; None means "not given"."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if value is None:
+                continue
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = _merged(merged[key], value)
+            else:
+                merged[key] = value
+    return merged
+
+
+def _subject_key(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
+def _names(value: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in value.split(",") if name.strip())

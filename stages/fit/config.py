@@ -1,0 +1,164 @@
+"""How a FactorTopy fit is trained: one frozen config, with the reference preset and the improved default.
+
+:func:`reference_preset` reproduces every constant of the reference implementation
+(method.md): 8x8 grid, D = 128, smooth-L1 with beta 0.1, the entropy/scale prior at
+0.1 fading to 0 by step 2000, AdamW lr 1e-3 with weight decay 0.01, batch 8, gradient
+clipping 0.5, a mean read-out and fp16 autocast on GPU.
+
+The default :class:`FitConfig` is the improved mode. The reference schedule assumes
+~10,000 steps; on small data and short budgets its selectors barely leave their
+initial state. The improved mode warm-starts the layer selector from per-layer ridge
+scores and the space selector from per-cell scores (``stages.fit.warmstart``), so
+the entropy prior that keeps uniform starts soft is off (weight 0), and trains with
+batch 32. Options beyond that (own selector learning rate, prior fade counted in
+epochs, pyramid scale, smoothness over mesh neighbours) are settings; they are on by
+default only where ``bench/recovery.py`` or held-out R^2 showed a gain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+from cache.errors import ConfigError
+from stages.fit.factortopy import FactorTopyConfig
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Training settings of one FactorTopy fit.
+
+    Attributes:
+        model: the FactorTopy architecture (bottleneck D, selector widths, scale mode...).
+        layers: store layer names to fit on, in order; ``None`` = every layer of the store.
+        grid: the stored local-token grid to read (the method: 8).
+        epochs: maximum passes over the training images.
+        batch_size: images per optimiser step.
+        lr: AdamW learning rate of the bottlenecks and read-out.
+        selector_lr: learning rate of the space and scale selector MLPs; ``None`` = ``lr``.
+        layer_lr: learning rate of the layer selector MLP; ``None`` = ``selector_lr``; 0 keeps the
+            warm-started layer choice fixed (the joint training otherwise collapses every vertex
+            onto one layer within ~60 steps on the synthetic subject, even at 1e-4).
+        weight_decay: AdamW weight decay (the reference's effective value is 0.01).
+        loss_beta: smooth-L1 beta of the regression loss.
+        prior_weight: weight of the entropy/scale regulariser at step 0.
+        prior_fade_steps: steps over which the regulariser fades linearly to 0.
+        prior_fade_epochs: the same counted in epochs; when set it replaces ``prior_fade_steps``.
+        clip_grad_norm: gradient-norm clipping; ``None`` = no clipping.
+        warm_start: ``"none"``; ``"layer"``: initialise the layer selector from per-layer ridge
+            scores of each vertex (softmax of the scores divided by ``warm_start_temperature``);
+            ``"layer+space"``: also the space selector from per-cell scores (see ``warmstart.py``).
+        warm_start_temperature: temperature of the layer target, in R^2 units.
+        normalise_layers: scale each layer's local and global features to unit RMS (factors from
+            up to 256 training images, recorded as ``feature_scales`` in the fit's metrics) so no
+            layer wins the layer selector by sheer activation magnitude.
+        smoothness_weight: weight of a penalty on selector differences across mesh
+            neighbours (needs neighbour pairs; 0 = off).
+        patience: epochs without a better validation R^2 before stopping early.
+        seed: seeds initialisation and batch order.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: autocast on CUDA: ``"auto"`` (bf16 when supported, else fp16), ``"bf16"``,
+            ``"fp16"`` (with a gradient scaler) or ``"fp32"``; the CPU always trains in fp32.
+        resident: ``"auto"`` keeps the features on the device when they fit, ``"on"`` forces
+            that, ``"off"`` streams them from the store.
+        shuffle_buffer: images mixed in memory when streaming (bounds host memory).
+        prefetch: batches prepared ahead by the background reader.
+        eval_batch_size: images per batch when predicting validation and test sets.
+    """
+
+    model: FactorTopyConfig = field(default_factory=FactorTopyConfig)
+    layers: tuple[str, ...] | None = None
+    grid: int = 8
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    selector_lr: float | None = 1e-3
+    layer_lr: float | None = 0.0
+    weight_decay: float = 0.01
+    loss_beta: float = 0.1
+    prior_weight: float = 0.0
+    prior_fade_steps: int = 2000
+    prior_fade_epochs: float | None = 1.0
+    clip_grad_norm: float | None = 0.5
+    warm_start: Literal["none", "layer", "layer+space"] = "layer+space"
+    warm_start_temperature: float = 0.02
+    normalise_layers: bool = True
+    smoothness_weight: float = 0.0
+    patience: int = 4
+    seed: int = 0
+    device: str = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    resident: Literal["auto", "on", "off"] = "auto"
+    shuffle_buffer: int = 2048
+    prefetch: int = 4
+    eval_batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        positive = {"grid": self.grid, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "eval_batch_size": self.eval_batch_size, "shuffle_buffer": self.shuffle_buffer,
+                    "prefetch": self.prefetch, "patience": self.patience}
+        for name, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"fit config: {name} must be a positive integer, got {value}")
+        for name in ("lr", "loss_beta", "warm_start_temperature"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"fit config: {name} must be > 0, got {getattr(self, name)}")
+        if self.selector_lr is not None and self.selector_lr <= 0:
+            raise ConfigError(f"fit config: selector_lr must be > 0 or unset, got {self.selector_lr}")
+        if self.layer_lr is not None and self.layer_lr < 0:
+            raise ConfigError(f"fit config: layer_lr must be >= 0 or unset, got {self.layer_lr}")
+        for name in ("weight_decay", "prior_weight", "smoothness_weight", "prior_fade_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"fit config: {name} must be >= 0, got {getattr(self, name)}")
+        if self.prior_fade_epochs is not None and self.prior_fade_epochs < 0:
+            raise ConfigError(f"fit config: prior_fade_epochs must be >= 0 or unset, got {self.prior_fade_epochs}")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ConfigError(f"fit config: clip_grad_norm must be > 0 or unset, got {self.clip_grad_norm}")
+        if self.layers is not None and len(self.layers) == 0:
+            raise ConfigError("fit config: layers is empty; leave it unset to use every layer of the store")
+
+    def fade_steps(self, steps_per_epoch: int) -> int:
+        """Steps over which the prior fades: ``prior_fade_epochs`` converted, else ``prior_fade_steps``."""
+        if self.prior_fade_epochs is None:
+            return self.prior_fade_steps
+        return max(int(round(self.prior_fade_epochs * steps_per_epoch)), 0)
+
+
+def reference_preset() -> FitConfig:
+    """The reference implementation's constants, line by line as in method.md.
+
+    fp16 autocast applies on CUDA; the CPU trains in fp32. The reference trains
+    about 10 epochs; early stopping is left on with a long patience.
+    """
+    return FitConfig(
+        model=reference_model_config(),
+        grid=8,
+        epochs=10,
+        batch_size=8,
+        lr=1e-3,
+        selector_lr=None,
+        layer_lr=None,
+        weight_decay=0.01,
+        loss_beta=0.1,
+        prior_weight=0.1,
+        prior_fade_steps=2000,
+        prior_fade_epochs=None,
+        clip_grad_norm=0.5,
+        warm_start="none",
+        normalise_layers=False,
+        smoothness_weight=0.0,
+        patience=10,
+        precision="fp16",
+    )
+
+
+def reference_model_config() -> FactorTopyConfig:
+    """The reference architecture: D = 128, 192 encoding features, local/global mix (the read-out is always a mean)."""
+    return FactorTopyConfig(bottleneck=128, hidden=128, n_frequencies=32, scale_mode="mix")
+
+
+def config_record(cfg: FitConfig) -> dict:
+    """The config as plain JSON data (nested mappings; tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))

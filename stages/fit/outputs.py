@@ -1,0 +1,157 @@
+"""The result of a trained fit: per-vertex table, scores, weights and per-epoch metrics.
+
+:func:`build_fit_result` turns a trained model and its held-out predictions into a
+:class:`TrainedFit`, a :class:`~stages.fit.result.FitResult` that also carries the
+model weights and the metric history. Its ``save`` writes ``weights.safetensors`` and
+``metrics.jsonl`` first and the per-vertex table and ``fit.json`` last, so a folder
+with ``fit.json`` is always complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from cache.provenance import environment_record
+from stages.fit.config import FitConfig, config_record
+from stages.fit.metrics import noise_normalised, pearson_r, r2_score
+from stages.fit.result import WEIGHTS_FILE, FitResult, layer_summary, layer_weight_column
+from stages.subject import Subject
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainedFit(FitResult):
+    """A FitResult with the trained weights and the per-epoch metric history.
+
+    Attributes:
+        weights: the model's state dict (CPU tensors), written as safetensors.
+        history: one metrics dict per epoch, written as JSON lines.
+    """
+
+    weights: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write weights and metrics, then the table and ``fit.json`` (the completion marker)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        partial = directory / (WEIGHTS_FILE + ".partial")
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.weights.items()}, str(partial),
+                  metadata={"method": self.method, "model": self.model, "subject": self.subject,
+                            "layer_names": json.dumps(list(self.layer_names))})
+        partial.replace(directory / WEIGHTS_FILE)
+        lines = directory / (METRICS_FILE + ".partial")
+        lines.write_text("".join(json.dumps(row) + "\n" for row in self.history))
+        lines.replace(directory / METRICS_FILE)
+        return super().save(directory)
+
+
+def roi_labels(subject: Subject) -> np.ndarray:
+    """One ROI name per vertex (the first ROI in the subject's order that holds it; "" for none)."""
+    labels = np.full(subject.n_vertices, "", dtype=object)
+    for name, mask in reversed(list(subject.rois.items())):
+        labels[np.asarray(mask, dtype=bool)] = name
+    return labels.astype(str)
+
+
+def vertex_columns(subject: Subject, layer_weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The columns every fit table starts with: vertex identity, ROI, per-layer weights and their summary.
+
+    Args:
+        layer_weights: array of shape (n_vertices, n_layers), each row a layer distribution.
+    """
+    vertices: dict[str, np.ndarray] = {
+        "vertex": np.arange(subject.n_vertices, dtype=np.int64),
+        "hemisphere": np.asarray(subject.hemisphere).astype(str),
+        "fsaverage_index": np.asarray(subject.fsaverage_index, dtype=np.int64),
+        "roi": roi_labels(subject),
+    }
+    for index in range(layer_weights.shape[1]):
+        vertices[layer_weight_column(index)] = layer_weights[:, index].astype(np.float32)
+    vertices.update(layer_summary(layer_weights))
+    return vertices
+
+
+def score_columns(predictions: dict[str, np.ndarray], targets: dict[str, np.ndarray],
+                  noise_ceiling: np.ndarray | None) -> dict[str, np.ndarray]:
+    """``r2_<split>``, ``r_<split>`` and, with a ceiling, ``r2_<split>_nc`` per vertex for each split.
+
+    Args:
+        predictions, targets: split name -> array of shape (n_images_split, n_vertices).
+        noise_ceiling: optional array of shape (n_vertices,).
+    """
+    columns: dict[str, np.ndarray] = {}
+    for split, prediction in predictions.items():
+        columns[f"r2_{split}"] = r2_score(prediction, targets[split])
+        columns[f"r_{split}"] = pearson_r(prediction, targets[split])
+        if noise_ceiling is not None:
+            columns[f"r2_{split}_nc"] = noise_normalised(columns[f"r2_{split}"], noise_ceiling)
+    if noise_ceiling is not None:
+        columns["noise_ceiling"] = np.asarray(noise_ceiling, dtype=np.float32)
+    return columns
+
+
+def score_summary(columns: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean of every score column (NaN-aware), plus the median noise-normalised scores."""
+    summary: dict[str, float] = {}
+    for name, values in columns.items():
+        if name.startswith(("r2_", "r_")):
+            summary[f"mean_{name}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            if name.endswith("_nc"):
+                summary[f"median_{name}"] = float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")
+    return summary
+
+
+def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: FitConfig, *,
+                     layer_names: tuple[str, ...], predictions: dict[str, np.ndarray],
+                     targets: dict[str, np.ndarray], standardisation: Any, history: list[dict[str, Any]],
+                     summary: dict[str, Any]) -> TrainedFit:
+    """Assemble the per-vertex table, metrics, config and provenance of a trained FactorTopy fit.
+
+    Args:
+        model: the trained model (best epoch's weights loaded).
+        subject: the fitted subject.
+        store: the feature store it was fitted from (path and provenance are recorded).
+        cfg: the resolved training config.
+        layer_names: the store layers the model uses, in order.
+        predictions, targets: split name -> z-scored arrays of shape (n_images_split, n_vertices).
+        standardisation: the training mean/std used to z-score (recorded per vertex).
+        history: per-epoch metrics.
+        summary: run facts (epochs, timings, device, precision...).
+    """
+    with torch.no_grad():
+        chosen = model.selections()
+        weights = chosen.layer_weights.float().cpu().numpy()
+        space = chosen.space.float().cpu().numpy()
+        scale = chosen.scale.float().cpu().numpy()
+        levels = None if chosen.scale_levels is None else chosen.scale_levels.float().cpu().numpy()
+    vertices = vertex_columns(subject, weights)
+    vertices.update({"space_x": space[:, 0], "space_y": space[:, 1], "scale": scale.astype(np.float32)})
+    if levels is not None:
+        for index in range(levels.shape[1]):
+            vertices[f"scale_level_{index:02d}"] = levels[:, index].astype(np.float32)
+    scores = score_columns(predictions, targets, subject.noise_ceiling)
+    vertices.update(scores)
+    vertices["train_mean"] = standardisation.mean
+    vertices["train_std"] = standardisation.std
+    metrics = {**score_summary(scores), **summary,
+               "split_sizes": {name: int(len(rows)) for name, rows in subject.splits.items()},
+               "final_epoch": history[-1] if history else {}}
+    provenance = {"environment": environment_record(), "store": {"path": str(store.path),
+                                                                 "provenance": store.provenance},
+                  "subject": {"name": subject.name, "source": dict(subject.source), "split_seed": subject.split_seed,
+                              "n_images": subject.n_images, "n_vertices": subject.n_vertices, "mesh": subject.mesh},
+                  "seed": cfg.seed}
+    model_record = store.provenance.get("model")
+    model_id = str(model_record.get("model_id", "")) if isinstance(model_record, dict) else str(model_record or "")
+    return TrainedFit(method="factortopy", subject=subject.name, model=model_id, layer_names=tuple(layer_names),
+                      vertices=vertices, metrics=metrics, config=config_record(cfg), provenance=provenance,
+                      weights={k: v.detach().cpu() for k, v in model.state_dict().items()}, history=list(history))

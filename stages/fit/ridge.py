@@ -1,0 +1,276 @@
+"""Ridge baselines on the same splits and metrics as FactorTopy: per-layer ridge and banded ridge.
+
+``method="ridge"``: for every layer and every feature set (``"global"``: the layer's
+global token; ``"local"``: its local tokens average-pooled to ``local_pool x local_pool``
+and flattened, which keeps coarse position), a ridge regression to every vertex with a
+per-vertex alpha chosen by exact leave-one-out cross-validation on the training images
+(:mod:`stages.fit.ridge_solver`). Each vertex keeps the (layer, feature set) with the
+best leave-one-out R^2; that model predicts validation and test images.
+
+``method="banded-ridge"``: one ridge over all layers at once, each layer a band of
+features scaled by its own weight ``gamma_l`` (``sum gamma = 1``); per vertex the band
+weights and alpha with the best leave-one-out error are chosen from a seeded random
+search (every one-hot, the uniform weighting and ``banded_samples`` Dirichlet draws) —
+the classic per-vertex feature-space weighting.
+
+Columns of the :class:`~stages.fit.result.FitResult` (ridge has no sample point and no
+local/global mix, so some columns are stand-ins):
+
+* layer weights — ridge: each layer's best leave-one-out R^2 clipped at 0 and normalised
+  to sum 1 (uniform where no layer predicts), so the argmax is the best layer and the
+  entropy says how clear the choice is; banded ridge: the chosen band weights.
+* ``space_x``, ``space_y`` — NaN.
+* ``scale`` — ridge: 1 where the global token won, 0 where the pooled local tokens did;
+  banded ridge: 1 for ``banded_features="global"``, 0 for ``"local"``, NaN for ``"both"``.
+* ``ridge_alpha`` (chosen alpha), ``cv_r2`` (its leave-one-out R^2 on the training images).
+
+Features are z-scored per column with training statistics and divided by the square
+root of their number, so every band's kernel has mean diagonal ~1 and one alpha grid
+suits every layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cache.errors import ConfigError
+from cache.provenance import environment_record
+from cache.store import FeatureStore
+from stages.fit.outputs import score_columns, score_summary, vertex_columns
+from stages.fit.result import FitResult
+from stages.fit.ridge_solver import (
+    KernelSpectrum, choose_alphas, loo_errors, predict, spectrum_from_features, spectrum_from_kernel,
+)
+from stages.subject import Subject
+
+METHODS = ("ridge", "banded-ridge")
+FEATURE_SETS = ("global", "local")
+EVAL_SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class RidgeConfig:
+    """Settings of the ridge baselines.
+
+    Attributes:
+        method: ``"ridge"`` (per layer, best layer per vertex) or ``"banded-ridge"``.
+        layers: store layer names to use; ``None`` = every layer.
+        grid: stored local grid to read; ``None`` = the store's default.
+        feature_sets: per-layer ridge candidates, subset of ``("global", "local")``.
+        local_pool: side of the average-pooled local grid (2 -> 4 positions x C_l features).
+        alphas: penalty grid (on the normalised kernel scale, see module docs).
+        banded_features: features of each band: ``"global"``, ``"local"`` or ``"both"``.
+        banded_samples: Dirichlet draws of band weights besides the one-hots and the uniform.
+        seed: seeds the band-weight draws.
+        batch_size: images per read from the store.
+        device: where the solver runs: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
+    """
+
+    method: str = "ridge"
+    layers: tuple[str, ...] | None = None
+    grid: int | None = None
+    feature_sets: tuple[str, ...] = FEATURE_SETS
+    local_pool: int = 2
+    alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 5, 8))
+    banded_features: str = "both"
+    banded_samples: int = 20
+    seed: int = 0
+    batch_size: int = 256
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"ridge config: method {self.method!r} is not one of {', '.join(METHODS)}")
+        if not self.feature_sets or any(name not in FEATURE_SETS for name in self.feature_sets):
+            raise ConfigError(f"ridge config: feature_sets {self.feature_sets!r} must be a non-empty subset of "
+                              f"{FEATURE_SETS}")
+        if self.banded_features not in FEATURE_SETS + ("both",):
+            raise ConfigError(f"ridge config: banded_features {self.banded_features!r} must be global, local or both")
+        if not self.alphas or min(self.alphas) <= 0:
+            raise ConfigError(f"ridge config: alphas {self.alphas!r} must be a non-empty list of positive numbers")
+        for name in ("local_pool", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ridge config: {name} must be a positive integer, got {getattr(self, name)}")
+        if self.banded_samples < 0:
+            raise ConfigError(f"ridge config: banded_samples must be >= 0, got {self.banded_samples}")
+
+
+@dataclass
+class _Best:
+    """Running per-vertex best candidate: its score, alpha, index and held-out predictions."""
+
+    score: np.ndarray
+    alpha: np.ndarray
+    candidate: np.ndarray
+    predictions: dict[str, np.ndarray]
+
+    @classmethod
+    def empty(cls, n_vertices: int, eval_sizes: dict[str, int]) -> "_Best":
+        return cls(score=np.full(n_vertices, -np.inf), alpha=np.full(n_vertices, np.nan),
+                   candidate=np.full(n_vertices, -1), predictions={name: np.zeros((size, n_vertices))
+                                                                    for name, size in eval_sizes.items()})
+
+    def update(self, index: int, score: np.ndarray, alpha: torch.Tensor, spectrum: KernelSpectrum,
+               cross: dict[str, torch.Tensor], targets: torch.Tensor, target_mean: np.ndarray) -> None:
+        better = score > self.score
+        if not better.any():
+            return
+        self.score[better], self.alpha[better] = score[better], alpha.cpu().numpy()[better]
+        self.candidate[better] = index
+        columns = torch.as_tensor(np.nonzero(better)[0], device=targets.device)
+        for name, projected in cross.items():
+            values = predict(spectrum, projected, targets[:, columns], alpha[columns]).cpu().numpy()
+            self.predictions[name][:, better] = values + target_mean[better]
+
+
+def fit_ridge(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> FitResult:
+    """Fit a ridge baseline (``cfg.method``) to ``subject`` from ``store``; see the module docs.
+
+    Raises:
+        StoreMismatchError, InvalidInputError, IncompleteStoreError: bad layers, grid,
+            responses, split sizes or missing images, before any fitting.
+    """
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    features, layer_names = _features(store, subject, cfg)
+    features = {name: [block.to(device) for block in blocks] for name, blocks in features.items()}
+    train = subject.splits["train"]
+    evals = {name: subject.splits[name] for name in EVAL_SPLITS if len(subject.splits.get(name, ())) > 0}
+    responses = np.asarray(subject.responses, dtype=np.float64)
+    target_mean = responses[train].mean(axis=0)
+    targets = torch.as_tensor(responses[train] - target_mean, device=device)
+    variance = np.maximum(targets.var(dim=0, unbiased=False).cpu().numpy(), 1e-300)
+    alphas = torch.tensor(cfg.alphas, dtype=torch.float64, device=device)
+    best = _Best.empty(subject.n_vertices, {name: len(rows) for name, rows in evals.items()})
+    n_layers = len(layer_names)
+
+    def consider(index: int, spectrum: KernelSpectrum, cross: dict[str, torch.Tensor]) -> np.ndarray:
+        alpha, error = choose_alphas(loo_errors(spectrum, targets, alphas), alphas)
+        score = 1.0 - error.cpu().numpy() / variance
+        best.update(index, score, alpha, spectrum, cross, targets, target_mean)
+        return score
+
+    extra: dict[str, np.ndarray] = {}
+    if cfg.method == "ridge":
+        scores = np.full((len(cfg.feature_sets), n_layers, subject.n_vertices), -np.inf)
+        for set_index, name in enumerate(cfg.feature_sets):
+            for layer in range(n_layers):
+                block = features[name][layer].double()
+                spectrum, projection = spectrum_from_features(block[train])
+                cross = {split: block[rows] @ projection for split, rows in evals.items()}
+                scores[set_index, layer] = consider(set_index * n_layers + layer, spectrum, cross)
+        per_layer = scores.max(axis=0).T                                             # (n_vertices, n_layers)
+        weights = _normalised_scores(per_layer)
+        chosen_set = np.asarray(cfg.feature_sets)[best.candidate // n_layers]
+        scale = (chosen_set == "global").astype(np.float32)
+        for layer in range(n_layers):
+            extra[f"cv_r2_layer_{layer:02d}"] = per_layer[:, layer].astype(np.float32)
+    else:
+        bands = [_band(features, layer, cfg.banded_features) for layer in range(n_layers)]
+        kernels = [band[train] @ band[train].T for band in bands]
+        crosses = {split: [band[rows] @ band[train].T for band in bands] for split, rows in evals.items()}
+        gammas = _band_weights(n_layers, cfg.banded_samples, cfg.seed)
+        for index, gamma in enumerate(gammas):
+            spectrum = spectrum_from_kernel(sum(g * k for g, k in zip(gamma.tolist(), kernels)))
+            cross = {split: sum(g * k for g, k in zip(gamma.tolist(), blocks)) @ spectrum.basis
+                     for split, blocks in crosses.items()}
+            consider(index, spectrum, cross)
+        weights = gammas[best.candidate].numpy()
+        scale = np.full(subject.n_vertices, {"global": 1.0, "local": 0.0, "both": np.nan}[cfg.banded_features],
+                        dtype=np.float32)
+    return _result(store, subject, cfg, layer_names, weights, scale, best, extra, evals)
+
+
+def score_layers(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> np.ndarray:
+    """Leave-one-out R^2 on the training images of a ridge per layer (best feature set), per vertex.
+
+    The evidence for a warm start of FactorTopy's layer selector; it touches neither the
+    validation nor the test images.
+
+    Returns:
+        float32 array of shape (n_vertices, n_layers).
+    """
+    result = fit_ridge(store, subject, RidgeConfig(**{**asdict(cfg), "method": "ridge"}))
+    return np.stack([result.vertices[f"cv_r2_layer_{layer:02d}"] for layer in range(len(result.layer_names))], axis=1)
+
+
+def _features(store: FeatureStore, subject: Subject, cfg: RidgeConfig
+              ) -> tuple[dict[str, list[torch.Tensor]], tuple[str, ...]]:
+    """Normalised features per set and layer, tensors of shape (n_images, n_features_l), in subject row order."""
+    # Imported here: the training module uses score_layers for its warm start.
+    from stages.fit.config import FitConfig
+    from stages.fit.train import check_inputs
+
+    grid = cfg.grid if cfg.grid is not None else (8 if 8 in store.grids else min(store.grids))
+    layer_indices = check_inputs(store, subject, FitConfig(layers=cfg.layers, grid=grid, batch_size=2))
+    blocks: dict[str, list[list[torch.Tensor]]] = {name: [[] for _ in layer_indices] for name in FEATURE_SETS}
+    order = []
+    for batch in store.iter_batches(list(subject.stimulus_ids), batch_size=cfg.batch_size, grid=grid):
+        order.append(batch.positions)
+        for slot, layer in enumerate(layer_indices):
+            blocks["global"][slot].append(torch.as_tensor(batch.global_[layer], dtype=torch.float32))
+            pooled = F.adaptive_avg_pool2d(torch.as_tensor(batch.local[layer], dtype=torch.float32), cfg.local_pool)
+            blocks["local"][slot].append(pooled.flatten(1))
+    inverse = np.argsort(np.concatenate(order))
+    train = subject.splits["train"]
+    features = {name: [_normalise(torch.cat(parts)[inverse], train) for parts in per_layer]
+                for name, per_layer in blocks.items()}
+    return features, tuple(store.layer_names[i] for i in layer_indices)
+
+
+def _normalise(block: torch.Tensor, train: np.ndarray) -> torch.Tensor:
+    """z-score columns with training statistics, divide by sqrt(n_columns); float32 (n_images, n_columns)."""
+    mean, std = block[train].double().mean(dim=0), block[train].double().std(dim=0)
+    scaled = (block.double() - mean) / torch.where(std > 0, std, torch.ones_like(std)) / np.sqrt(block.shape[1])
+    return scaled.float()
+
+
+def _band(features: dict[str, list[torch.Tensor]], layer: int, which: str) -> torch.Tensor:
+    """One layer's band of features, float64 (n_images, n_features)."""
+    if which == "both":
+        return torch.cat([features["global"][layer], features["local"][layer]], dim=1).double() / np.sqrt(2.0)
+    return features[which][layer].double()
+
+
+def _band_weights(n_layers: int, n_samples: int, seed: int) -> torch.Tensor:
+    """Candidate band weights, shape (n_layers + 1 + n_samples, n_layers): one-hots, uniform, Dirichlet(1) draws."""
+    draws = np.random.default_rng(seed).dirichlet(np.ones(n_layers), size=n_samples)
+    rows = np.concatenate([np.eye(n_layers), np.full((1, n_layers), 1.0 / n_layers), draws])
+    return torch.as_tensor(rows, dtype=torch.float64)
+
+
+def _normalised_scores(scores: np.ndarray) -> np.ndarray:
+    positive = np.clip(np.nan_to_num(scores, nan=0.0, neginf=0.0), 0.0, None)
+    total = positive.sum(axis=1, keepdims=True)
+    uniform = np.full_like(positive, 1.0 / positive.shape[1])
+    return np.where(total > 0, positive / np.where(total > 0, total, 1.0), uniform)
+
+
+def _result(store: FeatureStore, subject: Subject, cfg: RidgeConfig, layer_names: tuple[str, ...],
+            weights: np.ndarray, scale: np.ndarray, best: _Best, extra: dict[str, np.ndarray],
+            evals: dict[str, np.ndarray]) -> FitResult:
+    responses = np.asarray(subject.responses, dtype=np.float64)
+    vertices = vertex_columns(subject, weights)
+    nan = np.full(subject.n_vertices, np.nan, dtype=np.float32)
+    vertices.update({"space_x": nan, "space_y": nan.copy(), "scale": scale.astype(np.float32),
+                     "ridge_alpha": best.alpha.astype(np.float32), "cv_r2": best.score.astype(np.float32)})
+    vertices.update(extra)
+    scores = score_columns(best.predictions, {name: responses[rows] for name, rows in evals.items()},
+                           subject.noise_ceiling)
+    vertices.update(scores)
+    metrics = {**score_summary(scores), "mean_cv_r2": float(np.mean(best.score)),
+               "split_sizes": {name: int(len(rows)) for name, rows in subject.splits.items()}}
+    model = store.provenance.get("model", "")
+    model_id = str(model.get("model_id", "")) if isinstance(model, dict) else str(model)
+    provenance = {"environment": environment_record(),
+                  "store": {"path": str(store.path), "provenance": store.provenance},
+                  "subject": {"name": subject.name, "source": dict(subject.source), "split_seed": subject.split_seed,
+                              "n_images": subject.n_images, "n_vertices": subject.n_vertices, "mesh": subject.mesh},
+                  "seed": cfg.seed}
+    config = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(cfg).items()}
+    return FitResult(method=cfg.method, subject=subject.name, model=model_id, layer_names=layer_names,
+                     vertices=vertices, metrics=metrics, config=config, provenance=provenance)

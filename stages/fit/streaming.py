@@ -1,0 +1,303 @@
+"""Feature batches for training, as torch tensors: streamed from the store or held on the device.
+
+Two sources give the same :class:`Batch` stream:
+
+* :class:`StreamedFeatures` reads the store chunk by chunk in a shuffled chunk order,
+  mixes rows in a bounded in-memory shuffle buffer and prepares batches in a
+  background thread (pinned host memory and non-blocking copies on CUDA), so host
+  memory stays bounded by the buffer whatever the number of images.
+* :class:`ResidentFeatures` reads every requested image once and keeps the features
+  on the device, so epochs need no I/O at all.
+
+Batch order depends only on ``(seed, epoch)``, never on thread timing, so an
+interrupted fit resumed at an epoch boundary sees exactly the batches it would have.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import psutil
+import torch
+
+from cache.store import FeatureStore
+
+#: Fraction of free device (or host) memory resident mode may take in automatic mode.
+RESIDENT_MEMORY_FRACTION = 0.4
+
+
+@dataclass
+class Batch:
+    """One mini-batch on the training device.
+
+    Attributes:
+        positions: int64 array of shape (n,): rows into the requested image list.
+        local: per layer, float32 tensor of shape (n, n_channels_l, grid, grid).
+        global_: per layer, float32 tensor of shape (n, n_channels_l).
+        target: float32 tensor of shape (n, n_vertices).
+    """
+
+    positions: np.ndarray
+    local: list[torch.Tensor]
+    global_: list[torch.Tensor]
+    target: torch.Tensor
+
+
+@dataclass
+class _HostBatch:
+    positions: np.ndarray
+    local: list[np.ndarray]
+    global_: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def take(self, index: np.ndarray) -> "_HostBatch":
+        return _HostBatch(self.positions[index], [a[index] for a in self.local], [a[index] for a in self.global_])
+
+    @staticmethod
+    def concatenate(parts: Sequence["_HostBatch"]) -> "_HostBatch":
+        if len(parts) == 1:
+            return parts[0]
+        n_layers = len(parts[0].local)
+        return _HostBatch(np.concatenate([p.positions for p in parts]),
+                          [np.concatenate([p.local[i] for p in parts]) for i in range(n_layers)],
+                          [np.concatenate([p.global_[i] for p in parts]) for i in range(n_layers)])
+
+
+def feature_bytes(store: FeatureStore, n_images: int, *, layer_indices: Sequence[int], grid: int) -> int:
+    """Bytes that ``n_images`` images' features of the chosen layers take in the store's dtype."""
+    itemsize = np.dtype(store.layout.dtype).itemsize
+    channels = sum(store.n_channels[i] for i in layer_indices)
+    return int(n_images * channels * (grid * grid + 1) * itemsize)
+
+
+def resident_fits(n_bytes: int, device: torch.device) -> bool:
+    """Whether ``n_bytes`` of features fit comfortably in the device's free memory."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = psutil.virtual_memory().available
+    return n_bytes <= RESIDENT_MEMORY_FRACTION * free
+
+
+class _FeatureSourceBase:
+    """What both sources share: the id list, targets, layer choice and device transfer."""
+
+    def __init__(self, store: FeatureStore, image_ids: Sequence[str], targets: np.ndarray, *,
+                 layer_indices: Sequence[int], grid: int, device: torch.device,
+                 scales: Sequence[tuple[float, float]] | None = None) -> None:
+        self.store = store
+        self.scales = None if scales is None else [(np.float32(a), np.float32(b)) for a, b in scales]
+        self.image_ids = np.asarray(image_ids)
+        self.targets = np.ascontiguousarray(targets, dtype=np.float32)
+        self.layer_indices = list(layer_indices)
+        self.grid = grid
+        self.device = device
+        self.rows = store.rows_for(self.image_ids)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_ids)
+
+    def _chunk_groups(self) -> list[np.ndarray]:
+        """Positions of the requested images grouped by store chunk, each group in store order."""
+        chunk_of = self.rows // self.store.chunk_images
+        order = np.lexsort((self.rows, chunk_of))
+        boundaries = np.flatnonzero(np.diff(chunk_of[order])) + 1
+        return [group for group in np.split(order, boundaries) if len(group)]
+
+    def _read(self, positions: np.ndarray) -> _HostBatch:
+        batch = self.store.read(self.image_ids[positions], grid=self.grid)
+        local = [batch.local[i] for i in self.layer_indices]
+        global_ = [batch.global_[i] for i in self.layer_indices]
+        if self.scales is not None:
+            local = [(a * s).astype(a.dtype) for a, (s, _) in zip(local, self.scales)]
+            global_ = [(a * s).astype(a.dtype) for a, (_, s) in zip(global_, self.scales)]
+        return _HostBatch(positions[batch.positions], local, global_)
+
+
+class StreamedFeatures(_FeatureSourceBase):
+    """Batches read from the store with chunk shuffling, a shuffle buffer and background prefetch.
+
+    Args:
+        store: the feature store.
+        image_ids: the images to serve, in the order ``positions`` refer to.
+        targets: float32 array of shape (len(image_ids), n_vertices).
+        layer_indices: store layers to serve, in order.
+        grid: the stored local grid to read.
+        device: where batches land.
+        shuffle_buffer: rows mixed in memory at once (bounded host memory).
+        prefetch: batches prepared ahead in the background thread.
+    """
+
+    def __init__(self, store: FeatureStore, image_ids: Sequence[str], targets: np.ndarray, *,
+                 layer_indices: Sequence[int], grid: int, device: torch.device,
+                 shuffle_buffer: int = 2048, prefetch: int = 4,
+                 scales: Sequence[tuple[float, float]] | None = None) -> None:
+        super().__init__(store, image_ids, targets, layer_indices=layer_indices, grid=grid, device=device,
+                         scales=scales)
+        self.shuffle_buffer = max(int(shuffle_buffer), 1)
+        self.prefetch = max(int(prefetch), 1)
+        self.groups = self._chunk_groups()
+
+    def batches(self, *, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0) -> Iterator[Batch]:
+        """Yield batches covering every image once; shuffled by ``(seed, epoch)`` when asked."""
+        host = self._host_batches(batch_size=batch_size, shuffle=shuffle, rng=np.random.default_rng([seed, epoch]))
+        for prepared in _prefetched(host, self._to_tensors, self.prefetch):
+            yield self._to_device(prepared)
+
+    def _host_batches(self, *, batch_size: int, shuffle: bool, rng: np.random.Generator) -> Iterator[_HostBatch]:
+        order = rng.permutation(len(self.groups)) if shuffle else range(len(self.groups))
+        pending: list[_HostBatch] = []
+        n_pending = 0
+        for index in order:
+            pending.append(self._read(self.groups[index]))
+            n_pending += len(pending[-1])
+            if n_pending < (self.shuffle_buffer if shuffle else batch_size):
+                continue
+            buffer = _HostBatch.concatenate(pending)
+            keep = self.shuffle_buffer // 2 if shuffle else 0
+            n_emit = (len(buffer) - keep) // batch_size * batch_size
+            permutation = rng.permutation(len(buffer)) if shuffle else np.arange(len(buffer))
+            for start in range(0, n_emit, batch_size):
+                yield buffer.take(permutation[start:start + batch_size])
+            rest = buffer.take(permutation[n_emit:])
+            pending, n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
+        if pending:
+            buffer = _HostBatch.concatenate(pending)
+            permutation = rng.permutation(len(buffer)) if shuffle else np.arange(len(buffer))
+            for start in range(0, len(buffer), batch_size):
+                yield buffer.take(permutation[start:start + batch_size])
+
+    def _to_tensors(self, batch: _HostBatch) -> tuple[np.ndarray, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """Host tensors (pinned on CUDA); runs in the prefetch thread."""
+        cuda = self.device.type == "cuda"
+
+        def convert(array: np.ndarray) -> torch.Tensor:
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+            if cuda:
+                return tensor.pin_memory()
+            return tensor.float()
+
+        return (batch.positions, [convert(a) for a in batch.local], [convert(a) for a in batch.global_],
+                convert(self.targets[batch.positions]))
+
+    def _to_device(self, prepared: tuple) -> Batch:
+        positions, local, global_, target = prepared
+        if self.device.type != "cuda":
+            return Batch(positions, local, global_, target)
+
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.to(self.device, non_blocking=True).float()
+
+        return Batch(positions, [move(t) for t in local], [move(t) for t in global_], move(target))
+
+
+class ResidentFeatures(_FeatureSourceBase):
+    """Every requested image's features held on the device (store dtype); no I/O per epoch."""
+
+    def __init__(self, store: FeatureStore, image_ids: Sequence[str], targets: np.ndarray, *,
+                 layer_indices: Sequence[int], grid: int, device: torch.device,
+                 scales: Sequence[tuple[float, float]] | None = None) -> None:
+        super().__init__(store, image_ids, targets, layer_indices=layer_indices, grid=grid, device=device,
+                         scales=scales)
+        n_layers = len(self.layer_indices)
+        local: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+        global_: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
+        order: list[np.ndarray] = []
+        for group in self._chunk_groups():
+            part = self._read(group)
+            order.append(part.positions)
+            for i in range(n_layers):
+                local[i].append(torch.from_numpy(np.ascontiguousarray(part.local[i])).to(device))
+                global_[i].append(torch.from_numpy(np.ascontiguousarray(part.global_[i])).to(device))
+        inverse = torch.from_numpy(np.argsort(np.concatenate(order))).to(device)
+        self.local = [torch.cat(parts)[inverse] for parts in local]
+        self.global_ = [torch.cat(parts)[inverse] for parts in global_]
+        self.target_tensor = torch.from_numpy(self.targets).to(device)
+
+    def batches(self, *, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0) -> Iterator[Batch]:
+        """Yield batches covering every image once; shuffled by ``(seed, epoch)`` when asked."""
+        n = self.n_images
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        for start in range(0, n, batch_size):
+            positions = order[start:start + batch_size]
+            index = torch.from_numpy(positions).to(self.device)
+            yield Batch(positions, [t[index].float() for t in self.local], [t[index].float() for t in self.global_],
+                        self.target_tensor[index])
+
+
+def open_features(store: FeatureStore, image_ids: Sequence[str], targets: np.ndarray, *, layer_indices: Sequence[int],
+                  grid: int, device: torch.device, resident: str = "auto", shuffle_buffer: int = 2048,
+                  prefetch: int = 4, scales: Sequence[tuple[float, float]] | None = None
+                  ) -> StreamedFeatures | ResidentFeatures:
+    """The resident source when forced (``"on"``) or when it fits (``"auto"``), else the streamed one.
+
+    ``scales``: optional per-layer (local, global) factors applied to the features as read.
+    """
+    if resident == "auto":
+        needed = feature_bytes(store, len(image_ids), layer_indices=layer_indices, grid=grid)
+        resident = "on" if resident_fits(needed, device) else "off"
+    if resident == "on":
+        return ResidentFeatures(store, image_ids, targets, layer_indices=layer_indices, grid=grid, device=device,
+                                scales=scales)
+    return StreamedFeatures(store, image_ids, targets, layer_indices=layer_indices, grid=grid, device=device,
+                            shuffle_buffer=shuffle_buffer, prefetch=prefetch, scales=scales)
+
+
+def feature_scales(store: FeatureStore, image_ids: Sequence[str], *, layer_indices: Sequence[int], grid: int,
+                   max_images: int = 256) -> list[tuple[float, float]]:
+    """Per layer, 1 / root-mean-square of its local and of its global features over (up to) ``max_images`` images.
+
+    Network blocks differ in activation magnitude by orders of magnitude; at the start of
+    training the layer selector's gradient is proportional to that magnitude, so the
+    loudest layer wins for every vertex. Scaling each layer to unit RMS removes that bias.
+    """
+    batch = store.read(list(image_ids)[:max_images], grid=grid)
+    scales = []
+    for index in layer_indices:
+        local = np.sqrt(np.mean(np.square(batch.local[index], dtype=np.float64)))
+        global_ = np.sqrt(np.mean(np.square(batch.global_[index], dtype=np.float64)))
+        scales.append((float(1.0 / max(local, 1e-12)), float(1.0 / max(global_, 1e-12))))
+    return scales
+
+
+def _prefetched(items: Iterator, prepare, depth: int) -> Iterator:
+    """Run ``prepare`` over ``items`` in a background thread, ``depth`` results ahead; errors re-raised here."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                results.put((True, prepare(item)))
+            results.put((True, done))
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            results.put((False, error))
+
+    worker = threading.Thread(target=produce, name="feature-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            ok, value = results.get()
+            if not ok:
+                raise value
+            if value is done:
+                return
+            yield value
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                results.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        worker.join()

@@ -1,0 +1,98 @@
+"""``bddn fit``: flags, presets and the reference preset reach the fit; outputs land where the run root says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline import cli, runroot
+from pipeline.commands import fit as fit_command
+from stages.fit.config import FitConfig, reference_preset
+from stages.fit.result import FIT_JSON, VERTEX_TABLE, WEIGHTS_FILE
+from train_fixtures import make_store, make_subject
+
+FAST = ["--epochs", "1", "--batch-size", "16", "--warm-start", "none", "--no-progress"]
+
+
+@pytest.fixture()
+def run_root(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    store = make_store(runroot.feature_store_path(root, "demo", "fake"), n_images=64)
+    subject, _ = make_subject(store, n_vertices=5)
+    calls = []
+
+    def fake_load_subject(data, subject_key, *, root, **kwargs):
+        calls.append((data, subject_key, root, kwargs))
+        return subject
+
+    monkeypatch.setattr(fit_command, "load_subject", fake_load_subject)
+    return root, calls
+
+
+def _fit_json(run_root, method="factortopy"):
+    run_root = run_root[0] if isinstance(run_root, tuple) else run_root
+    return json.loads((runroot.fit_dir(run_root, "fake", "subj01", method) / FIT_JSON).read_text())
+
+
+def test_fit_writes_a_complete_folder(run_root, capsys):
+    status = cli.main(["--run-root", str(run_root[0]), "fit", "--model", "fake", "--subject", "1", *FAST])
+    assert status == 0, capsys.readouterr().err
+    folder = runroot.fit_dir(run_root[0], "fake", "subj01")
+    assert {FIT_JSON, VERTEX_TABLE, WEIGHTS_FILE, "metrics.jsonl"} <= {p.name for p in folder.iterdir()}
+    assert not (folder / fit_command.CHECKPOINT_FOLDER).exists()
+    record = _fit_json(run_root)
+    assert record["config"]["epochs"] == 1 and record["config"]["batch_size"] == 16
+    assert record["config"]["selector_lr"] == FitConfig().selector_lr
+    data, key, root, kwargs = run_root[1][0]
+    assert (data, key, root) == ("synthetic", 1, run_root[0].resolve())
+    assert "subj01" in capsys.readouterr().out
+
+
+def test_reference_preset_then_flags(run_root):
+    assert cli.main(["--run-root", str(run_root[0]), "fit", "--model", "fake", "--reference", "--epochs", "1",
+                     "--batch-size", "16", "--no-progress"]) == 0
+    config = _fit_json(run_root)["config"]
+    reference = reference_preset()
+    assert config["selector_lr"] is None and config["warm_start"] == "none"
+    assert config["prior_fade_steps"] == reference.prior_fade_steps and config["prior_fade_epochs"] is None
+    assert config["epochs"] == 1 and config["batch_size"] == 16
+
+
+def test_toml_preset_and_nested_model(run_root, tmp_path):
+    preset = tmp_path / "preset.toml"
+    preset.write_text('[fit]\npatience = 2\nlr = 0.002\n[fit.model]\nbottleneck = 16\n')
+    assert cli.main(["--run-root", str(run_root[0]), "fit", "--model", "fake", "--config", str(preset),
+                     "--scale-mode", "pyramid", *FAST]) == 0
+    config = _fit_json(run_root)["config"]
+    assert config["patience"] == 2 and config["lr"] == 0.002
+    assert config["model"]["bottleneck"] == 16 and config["model"]["scale_mode"] == "pyramid"
+
+
+def test_bad_preset_key_is_one_line_error(run_root, tmp_path, capsys):
+    preset = tmp_path / "preset.toml"
+    preset.write_text('[fit]\nlearning_rate = 0.1\n')
+    assert cli.main(["--run-root", str(run_root[0]), "fit", "--model", "fake", "--config", str(preset), *FAST]) == 2
+    assert "unknown key 'learning_rate'" in capsys.readouterr().err
+
+
+def test_missing_store_names_the_fix(run_root, capsys):
+    assert cli.main(["--run-root", str(run_root[0]), "fit", "--model", "other", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "bddn features --model other" in err
+
+
+def test_non_synthetic_data_needs_root(run_root, capsys):
+    assert cli.main(["--run-root", str(run_root[0]), "fit", "--model", "fake", "--data", "algonauts", *FAST]) == 2
+    assert "--root" in capsys.readouterr().err
+
+
+def test_reference_preset_constants():
+    """Every reference constant of method.md."""
+    cfg = reference_preset()
+    assert (cfg.grid, cfg.model.bottleneck, cfg.model.n_frequencies * 6, cfg.model.scale_mode) == (8, 128, 192, "mix")
+    assert (cfg.loss_beta, cfg.prior_weight, cfg.prior_fade_steps, cfg.prior_fade_epochs) == (0.1, 0.1, 2000, None)
+    assert (cfg.lr, cfg.selector_lr, cfg.weight_decay, cfg.batch_size, cfg.clip_grad_norm) == (1e-3, None, 0.01, 8, 0.5)
+    assert cfg.warm_start == "none" and cfg.smoothness_weight == 0 and cfg.precision == "fp16"
+    assert not cfg.normalise_layers
+    assert cfg.fade_steps(1125) == 2000

@@ -1,0 +1,109 @@
+"""Kill a fit after its first epoch's checkpoint, resume it, and reach the uninterrupted result exactly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cache.errors import ConfigError, StoreMismatchError
+from stages.fit import train as train_module
+from stages.fit.checkpoint import CHECKPOINT_JSON
+from stages.fit.config import FitConfig
+from stages.fit.train import fit_factortopy
+from train_fixtures import make_store, make_subject
+
+CFG = FitConfig(epochs=2, batch_size=16, warm_start="none", eval_batch_size=32, resident="off", shuffle_buffer=24)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture()
+def inputs(tmp_path):
+    store = make_store(tmp_path / "features.zarr", n_images=64)
+    return store, make_subject(store, n_vertices=6)[0]
+
+
+def _assert_same(a, b):
+    assert a.weights.keys() == b.weights.keys()
+    for key in a.weights:
+        torch.testing.assert_close(a.weights[key], b.weights[key], rtol=0, atol=0)
+    np.testing.assert_array_equal(a.vertices["r2_test"], b.vertices["r2_test"])
+
+
+def _interrupt_after_first_checkpoint(monkeypatch):
+    real = train_module.save_checkpoint
+
+    def save_then_die(directory, **kwargs):
+        path = real(directory, **kwargs)
+        if kwargs["state"].epoch == 1:
+            raise Killed()
+        return path
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+
+
+def test_resume_after_interruption_equals_uninterrupted(inputs, tmp_path, monkeypatch):
+    store, subject = inputs
+    straight = fit_factortopy(store, subject, CFG, checkpoint_dir=tmp_path / "straight", progress=False)
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_checkpoint(patch)
+        with pytest.raises(Killed):
+            fit_factortopy(store, subject, CFG, checkpoint_dir=tmp_path / "ck", progress=False)
+    assert (tmp_path / "ck" / CHECKPOINT_JSON).is_file()
+    resumed = fit_factortopy(store, subject, CFG, checkpoint_dir=tmp_path / "ck", progress=False)
+    _assert_same(straight, resumed)
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+
+
+def test_resume_refuses_other_layers_or_config(inputs, tmp_path, monkeypatch):
+    store, subject = inputs
+    with monkeypatch.context() as patch:
+        _interrupt_after_first_checkpoint(patch)
+        with pytest.raises(Killed):
+            fit_factortopy(store, subject, CFG, checkpoint_dir=tmp_path / "ck", progress=False)
+    from dataclasses import replace
+    with pytest.raises(StoreMismatchError, match="layers"):
+        fit_factortopy(store, subject, replace(CFG, layers=("block0", "block1")), checkpoint_dir=tmp_path / "ck",
+                       progress=False)
+    with pytest.raises(ConfigError, match="lr"):
+        fit_factortopy(store, subject, replace(CFG, lr=5e-3), checkpoint_dir=tmp_path / "ck", progress=False)
+    # more epochs is a resumable change
+    longer = fit_factortopy(store, subject, replace(CFG, epochs=3), checkpoint_dir=tmp_path / "ck", progress=False)
+    assert [row["epoch"] for row in longer.history] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(inputs, tmp_path):
+    store, subject = inputs
+    straight = fit_factortopy(store, subject, CFG, checkpoint_dir=None, progress=False)
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        from cache.store import FeatureStore
+        from stages.fit import train as train_module
+        from train_fixtures import make_subject
+        from test_train_resume import CFG
+        real = train_module.save_checkpoint
+        def save_then_kill(directory, **kwargs):
+            real(directory, **kwargs)
+            if kwargs["state"].epoch == 1:
+                os.kill(os.getpid(), signal.SIGKILL)
+        train_module.save_checkpoint = save_then_kill
+        store = FeatureStore.open({str(store.path)!r})
+        subject = make_subject(store, n_vertices=6)[0]
+        train_module.fit_factortopy(store, subject, CFG, checkpoint_dir={str(tmp_path / 'ck')!r}, progress=False)
+    """)
+    process = subprocess.run([sys.executable, "-c", script], env={**os.environ}, capture_output=True, text=True)
+    assert process.returncode == -9, process.stderr
+    resumed = fit_factortopy(store, subject, CFG, checkpoint_dir=tmp_path / "ck", progress=False)
+    _assert_same(straight, resumed)

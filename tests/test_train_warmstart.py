@@ -1,0 +1,53 @@
+"""Warm start of the selectors: per-cell scores find planted cells; the selectors are fitted to targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from stages.fit.factortopy import FactorTopy, FactorTopyConfig
+from stages.fit.warmstart import cell_scores, centre_targets, fit_selectors, score_targets
+from train_fixtures import make_store, make_subject
+
+
+def test_cell_scores_find_the_planted_cells(tmp_path):
+    store = make_store(tmp_path / "features.zarr", n_images=160, channels=(6, 8))
+    subject, truth = make_subject(store, n_vertices=8, noise=0.2, n_val=8, n_test=8)
+    scores = cell_scores(store, subject, layer_indices=[0, 1], best_layer=truth["layers"], grid=8, n_components=16)
+    assert scores.shape == (8, 64)
+    best = scores.argmax(axis=1)
+    np.testing.assert_array_equal(best % 8, truth["cells"][:, 0])
+    np.testing.assert_array_equal(best // 8, truth["cells"][:, 1])
+    centres = centre_targets(scores, 8)
+    expected = (2 * truth["cells"] + 1) / 8 - 1
+    assert np.abs(centres - expected).max() < 0.25
+
+
+def test_centre_targets_is_a_weighted_centroid():
+    scores = np.zeros((2, 16))
+    scores[0, 5] = 1.0                      # cell (x=1, y=1) of a 4x4 grid
+    scores[1, [0, 3]] = 1.0                 # cells (0, 0) and (3, 0): centroid x = 0, y = top row
+    centres = centre_targets(scores, 4)
+    np.testing.assert_allclose(centres[0], [-0.25, -0.25], atol=1e-6)
+    np.testing.assert_allclose(centres[1], [0.0, -0.75], atol=1e-6)
+
+
+def test_score_targets_softmax():
+    scores = np.array([[0.1, 0.3, 0.2]])
+    targets = score_targets(scores, temperature=0.1)
+    expected = np.exp([1.0, 3.0, 2.0]) / np.exp([1.0, 3.0, 2.0]).sum()
+    np.testing.assert_allclose(targets[0], expected, rtol=1e-5)
+
+
+def test_fit_selectors_reaches_targets():
+    torch.manual_seed(0)
+    coords = torch.randn(30, 3) * 50
+    model = FactorTopy(n_channels=(4, 4, 4), grid=8, coords=coords, cfg=FactorTopyConfig())
+    layer = np.eye(3, dtype=np.float32)[np.arange(30) % 3] * 0.9 + 0.1 / 3
+    space = np.stack([np.linspace(-0.6, 0.6, 30), np.full(30, 0.3)], axis=1).astype(np.float32)
+    scale_before = model.selections().scale.detach().clone()
+    fit_selectors(model, layer_targets=layer, space_targets=space, steps=300, lr=1e-2)
+    chosen = model.selections()
+    assert (chosen.layer_weights.argmax(dim=1).numpy() == np.arange(30) % 3).mean() > 0.9
+    assert np.abs(chosen.space.detach().numpy() - space).mean() < 0.1
+    torch.testing.assert_close(chosen.scale.detach(), scale_before)
