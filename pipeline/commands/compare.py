@@ -1,0 +1,60 @@
+"""``bddn compare``: several fits side by side, subject averages and a difference map."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cache.errors import InvalidInputError
+from cache.provenance import hash_strings
+from pipeline import runroot
+from pipeline.commands.figures import build_report_config, parse_list
+from pipeline.report_inputs import load_input, load_report_meshes
+from pipeline.report_output import save_figure
+from stages.report.compare import average_fits, fit_label, render_comparison_grid, render_difference
+
+NAME = "compare"
+HELP = ("compare fits: a grid (rows = fits, columns = maps), the subject average per model and, for two fits "
+        "of the same subject, their difference; written to <run root>/figures/compare/<id>/")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``FIT FIT ...`` plus the map columns and the figure options of ``bddn figures``."""
+    parser.add_argument("fits", nargs="+", type=Path, metavar="FIT",
+                        help="two or more fit folders or planted truths; with exactly two of one subject the "
+                             "second minus the first is drawn too")
+    parser.add_argument("--maps", type=parse_list, default=("layer", "space", "scale"),
+                        help="comma-separated map columns (layer, space, scale, r2_test, r2_val, r2_test_nc, ...)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default <run root>/figures/compare/<id>)")
+    parser.add_argument("--formats", type=parse_list, default=None, help="comma-separated figure formats starting with png")
+    parser.add_argument("--dpi", type=int, default=None, help="PNG resolution")
+    parser.add_argument("--resolution", type=int, default=None, help="raster pixels across one flatmap")
+    parser.add_argument("--subjects-dir", type=Path, default=None, help="FreeSurfer subjects folder for larger meshes")
+    parser.add_argument("--config", type=Path, default=None, help="TOML preset with a [figures] table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Render the comparison figures and print where they are."""
+    if len(args.fits) < 2:
+        raise InvalidInputError("bddn compare needs at least two fits")
+    cfg = build_report_config(args)
+    run_root = runroot.resolve_run_root(args.run_root)
+    inputs = [load_input(path) for path in args.fits]
+    fits = [item.fit for item in inputs]
+    flat, _ = load_report_meshes(inputs, subjects_dir=args.subjects_dir)
+    out = args.out or runroot.figures_dir(run_root) / "compare" / hash_strings([str(p.resolve()) for p in args.fits])[:12]
+    written = [save_figure(render_comparison_grid(fits, flat, maps=args.maps, resolution=cfg.resolution // 2), out / "grid", cfg=cfg)]
+    by_model: dict[tuple[str, str], list] = {}
+    for fit in fits:
+        by_model.setdefault((fit.model, fit.method), []).append(fit)
+    averages = [average_fits(group) for group in by_model.values() if len({f.subject for f in group}) >= 2]
+    if averages:
+        written.append(save_figure(render_comparison_grid(averages, flat, maps=args.maps, resolution=cfg.resolution // 2), out / "averages", cfg=cfg))
+    if len(fits) == 2 and fits[0].subject == fits[1].subject:
+        written.append(save_figure(render_difference(fits[0], fits[1], flat, resolution=cfg.resolution // 2), out / "difference", cfg=cfg))
+    for paths in written:
+        for path in paths.values():
+            print(path)
+    print(f"compared: {', '.join(fit_label(fit) for fit in fits)}", file=sys.stderr)
+    return 0

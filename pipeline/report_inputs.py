@@ -1,0 +1,103 @@
+"""What the reporter reads: fit folders, synthetic planted truths, read-out weights and meshes.
+
+Fits live in ``<run root>/fits/<model>/<subject>[-<method>]/`` (a folder is a finished fit
+when it holds ``fit.json``); planted truths in ``<run root>/synthetic/subjNN/planted_truth.parquet``
+(same per-vertex columns as a fit) with ``planted_truth.json`` beside it, read by the
+synthetic subject's own loader.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cache.errors import InvalidInputError, MissingInputError
+from pipeline.runroot import safe_name, synthetic_root
+from pipeline.surfaces import load_mesh, mesh_for_indices
+from pipeline.synthetic.layout import TRUTH_TABLE, load_planted_truth
+from stages.fit.result import FIT_JSON, WEIGHTS_FILE, FitResult
+from stages.mesh import CorticalMesh
+
+
+
+@dataclass(frozen=True)
+class ReportInput:
+    """One fit or planted truth to report on.
+
+    Attributes:
+        fit: the per-vertex table and metadata.
+        source: the fit folder or the planted-truth Parquet file.
+        slug: folder name of its figures, unique within the report (``<model>/<subject>-<method>``).
+        readout: float array of shape (n_vertices, n_channels), the read-out W, when the fit saved one.
+    """
+
+    fit: FitResult
+    source: Path
+    slug: str
+    readout: np.ndarray | None = None
+
+
+def discover_inputs(run_root: Path, paths: Sequence[str | Path] = ()) -> list[ReportInput]:
+    """The inputs named by ``paths`` (fit folders or planted-truth files/folders), else every fit
+    under ``run_root/fits/*/*/`` and every planted truth under ``run_root/synthetic/subj*/``."""
+    if paths:
+        return [load_input(Path(path)) for path in paths]
+    found = sorted(p.parent for p in (run_root / "fits").glob(f"*/*/{FIT_JSON}"))
+    found += sorted(p.parent for p in synthetic_root(run_root).glob(f"*/{TRUTH_TABLE}"))
+    return [load_input(path) for path in found]
+
+
+def load_input(path: Path) -> ReportInput:
+    """A fit folder, a synthetic subject folder, or a ``planted_truth.parquet`` file."""
+    path = Path(path)
+    if path.is_dir() and (path / FIT_JSON).is_file():
+        fit = FitResult.load(path)
+        return ReportInput(fit, path, _slug(fit), read_readout(path, fit.n_vertices))
+    table = path / TRUTH_TABLE if path.is_dir() else path
+    if table.name == TRUTH_TABLE and table.is_file():
+        fit = load_planted_truth(table.parent)
+        return ReportInput(fit, table, _slug(fit))
+    raise MissingInputError(f"{path} is neither a finished fit folder (with {FIT_JSON}) nor a synthetic subject "
+                            f"(with {TRUTH_TABLE}); run `bddn fit` or `bddn synth` first, or check the path")
+
+
+def read_readout(folder: Path, n_vertices: int) -> np.ndarray | None:
+    """The read-out weights W (n_vertices, n_channels) from ``weights.safetensors``, if the fit has one.
+
+    The read-out is the 2-D tensor whose name contains ``readout`` and ends in ``weight``
+    with one row per vertex (FactorTopy's ``readouts.0.weight``).
+    """
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        return None
+    from safetensors.numpy import load_file
+
+    tensors = load_file(str(path)) if path.stat().st_size else {}
+    for name, tensor in sorted(tensors.items()):
+        if "readout" in name and name.endswith("weight") and tensor.ndim == 2 and tensor.shape[0] == n_vertices:
+            return np.asarray(tensor, dtype=np.float32)
+    return None
+
+
+def load_report_meshes(inputs: Sequence[ReportInput], *, subjects_dir: Path | None = None
+                       ) -> tuple[CorticalMesh, CorticalMesh]:
+    """The ``flat`` and ``inflated`` meshes of the smallest fsaverage order holding every input's
+    vertices; when that order is not installed, fsaverage5 (the fits' fsaverage5 subset is shown)."""
+    if not inputs:
+        raise InvalidInputError("nothing to draw: no fit or planted truth given")
+    largest = max(int(np.max(item.fit.vertices["fsaverage_index"])) for item in inputs)
+    needed = mesh_for_indices(np.array([largest]))
+    try:
+        return load_mesh(needed, "flat", subjects_dir=subjects_dir), load_mesh(needed, "inflated",
+                                                                              subjects_dir=subjects_dir)
+    except MissingInputError as error:
+        warnings.warn(f"{error}; drawing the fsaverage5 subset of the vertices instead", stacklevel=2)
+        return load_mesh("fsaverage5", "flat"), load_mesh("fsaverage5", "inflated")
+
+
+def _slug(fit: FitResult) -> str:
+    return f"{safe_name(fit.model)}/{safe_name(fit.subject)}-{safe_name(fit.method)}"

@@ -1,0 +1,192 @@
+"""Writing the report: figure files, tables, GIfTI maps and ``index.html`` under ``<run root>/figures/``.
+
+Layout::
+
+    figures/index.html                      the page (relative links only: copy the folder anywhere)
+    figures/report.json                     config and environment of this rendering
+    figures/hierarchy_scores.{parquet,md}   one row per fit / planted truth
+    figures/comparison.png                  rows = fits, columns = maps
+    figures/average/<model>-<method>.png    subject averages (models with >= 2 subjects)
+    figures/<model>/<subject>-<method>/     maps (<name>.png ...), roi_summary.{parquet,md},
+                                            difference_vs_truth.png, gifti/<map>.<hemi>.func.gii
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+from cache.errors import InvalidInputError
+from cache.provenance import environment_record
+from pipeline.config import config_to_dict
+from pipeline.report_inputs import ReportInput
+from pipeline.report_topchannels import top_channel_figures
+from stages.mesh import CorticalMesh
+from stages.report.clusters import cluster_channels
+from stages.report.compare import average_fits, fit_label, render_comparison_grid, render_difference
+from stages.report.config import ReportConfig
+from stages.report.export import write_gifti_maps
+from stages.report.figures import iter_fit_figures
+from stages.report.html import PageFigure, PageSection, PageTable, render_page
+from stages.report.maps import scalar_exports
+from stages.report.summaries import score_hierarchy, summarise_rois, to_markdown
+
+
+def save_figure(figure: Figure, stem: Path, *, cfg: ReportConfig) -> dict[str, Path]:
+    """Save ``figure`` as ``stem.<format>`` for each configured format (temporary name, then rename)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for fmt in cfg.formats:
+        target = stem.with_name(f"{stem.name}.{fmt}")
+        partial = stem.with_name(f".{stem.name}.partial.{fmt}")
+        figure.savefig(partial, dpi=cfg.dpi, format=fmt, bbox_inches="tight")
+        partial.replace(target)
+        written[fmt] = target
+    return written
+
+
+def save_table(table: pd.DataFrame, stem: Path) -> dict[str, Path]:
+    """Write ``stem.parquet`` and ``stem.md``."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = {"parquet": stem.with_suffix(".parquet"), "md": stem.with_suffix(".md")}
+    for fmt, target in paths.items():
+        partial = target.with_name(f".{target.name}.partial")
+        if fmt == "parquet":
+            table.to_parquet(partial, index=False)
+        else:
+            partial.write_text(to_markdown(table))
+        partial.replace(target)
+    return paths
+
+
+def write_report(figures_root: Path, inputs: Sequence[ReportInput], flat: CorticalMesh, inflated: CorticalMesh,
+                 cfg: ReportConfig, *, progress: bool = True, reproduce: Sequence[str] = (),
+                 images: Sequence[Path] = ()) -> Path:
+    """Render every input and the comparisons, then write ``index.html``; returns its path.
+
+    ``images``: input images for top-channel figures of fits that saved bottlenecks and read-out.
+    """
+    figures_root.mkdir(parents=True, exist_ok=True)
+    sections, scores = [], []
+    for item in tqdm(inputs, desc="figures", unit="fit", disable=not progress):
+        section, score_row = _write_fit(figures_root, item, flat, inflated, cfg, reproduce, images)
+        sections.append(section)
+        scores.append(score_row)
+    overview = _write_overview(figures_root, inputs, pd.DataFrame(scores), flat, cfg, reproduce)
+    record = {"config": config_to_dict(cfg), "environment": environment_record(),
+              "inputs": [str(item.source) for item in inputs]}
+    (figures_root / "report.json").write_text(json.dumps(record, indent=2, default=str))
+    page = render_page([overview, *sections], title="bddn report: networks mapped onto the cortex",
+                       intro=f"{len(inputs)} fit(s) and planted truth(s). Maps are drawn on fsaverage "
+                             f"({flat.mesh}) flat sheets; grey = outside the fitted vertices.")
+    target = figures_root / "index.html"
+    partial = figures_root / ".index.html.partial"
+    partial.write_text(page, encoding="utf-8")
+    partial.replace(target)
+    return target
+
+
+def _write_fit(root: Path, item: ReportInput, flat: CorticalMesh, inflated: CorticalMesh, cfg: ReportConfig,
+               reproduce: Sequence[str], images: Sequence[Path]) -> tuple[PageSection, dict]:
+    fit, folder = item.fit, root / item.slug
+    clusters = None if item.readout is None else _clusters(item, cfg)
+    figures = [_page_figure(root, name, title, figure, folder / name, cfg)
+               for name, title, figure in iter_fit_figures(fit, flat, inflated, clusters=clusters,
+                                                           inflated_maps=cfg.inflated_maps,
+                                                           resolution=cfg.resolution, crop=cfg.crop)]
+    if images:
+        figures += [_page_figure(root, f"top channels: {stem}", "RGB = each ROI's 3 principal read-out directions",
+                                 figure, folder / "top_channels" / stem, cfg)
+                    for stem, figure in top_channel_figures(item, images)]
+    summary = summarise_rois(fit)
+    tables = []
+    if not summary.empty:
+        paths = save_table(summary, folder / "roi_summary")
+        tables.append(PageTable("ROI summary", summary.drop(columns=[c for c in summary if c.startswith("profile_sd")]),
+                                _relative(root, paths)))
+    write_gifti_maps(fit, scalar_exports(fit, clusters=clusters), folder / "gifti", n_mesh_vertices=flat.lh.n_vertices)
+    score = score_hierarchy(fit, summary)
+    metrics = {"hierarchy score (Spearman)": score.spearman, "hierarchy score ceiling": score.ceiling,
+               "hierarchy p-value": score.p_value,
+               "ranked areas": score.n_areas, "mean normalised entropy": score.mean_entropy,
+               "vertices": fit.n_vertices, "layers": len(fit.layer_names),
+               **{k: v for k, v in fit.metrics.items() if isinstance(v, (int, float, str))}}
+    section = PageSection(anchor=item.slug.replace("/", "-"), title=fit_label(fit), text=f"source: {item.source}",
+                          figures=figures, tables=tables, metrics=metrics,
+                          provenance={"config": fit.config, "provenance": fit.provenance},
+                          reproduce=[*_reproduce_fit(item), *reproduce])
+    row = {"fit": fit_label(fit), "model": fit.model, "subject": fit.subject, "method": fit.method,
+           "hierarchy_spearman": score.spearman, "hierarchy_ceiling": score.ceiling, "hierarchy_p": score.p_value,
+           "ranked_areas": score.n_areas,
+           "mean_entropy": score.mean_entropy,
+           **{name: fit.metrics[name] for name in ("mean_r2_test", "mean_r2_val", "median_r2_test_nc")
+              if isinstance(fit.metrics.get(name), (int, float))}}
+    return section, row
+
+
+def _write_overview(root: Path, inputs: Sequence[ReportInput], scores: pd.DataFrame, flat: CorticalMesh,
+                    cfg: ReportConfig, reproduce: Sequence[str]) -> PageSection:
+    figures, tables = [], []
+    if not scores.empty:
+        tables.append(PageTable("Hierarchy scores", scores, _relative(root, save_table(scores, root / "hierarchy_scores"))))
+    fits = [item.fit for item in inputs]
+    figures.append(_page_figure(root, "comparison", "rows = fits, columns = maps",
+                                render_comparison_grid(fits, flat, resolution=cfg.resolution // 2),
+                                root / "comparison", cfg))
+    groups: dict[tuple[str, str], list] = defaultdict(list)
+    for fit in fits:
+        groups[(fit.model, fit.method)].append(fit)
+    averages = [average_fits(group) for group in groups.values() if len({f.subject for f in group}) >= 2]
+    if averages:
+        figures.append(_page_figure(root, "subject averages", "per model, averaged per fsaverage vertex",
+                                    render_comparison_grid(averages, flat, resolution=cfg.resolution // 2),
+                                    root / "average" / "averages", cfg))
+    truths = {item.fit.subject: item.fit for item in inputs if item.fit.method == "truth"}
+    for item in inputs:
+        truth = truths.get(item.fit.subject)
+        if truth is not None and item.fit.method != "truth":
+            figures.append(_page_figure(root, f"{fit_label(item.fit)} minus planted truth", "",
+                                        render_difference(truth, item.fit, flat, resolution=cfg.resolution // 2),
+                                        root / item.slug / "difference_vs_truth", cfg))
+    return PageSection(anchor="overview", title="Overview",
+                       text="Hierarchy score: Spearman correlation between the visual-hierarchy rank of each "
+                            "area (V1=1, V2=2, V3=3, V4=4, higher areas=5, tied) and its mean selected layer; the ceiling "
+                            "is the best value the tied ranks allow; mean "
+                            "entropy: how decisively layers are chosen (0 one layer, 1 uniform).",
+                       figures=figures, tables=tables, reproduce=reproduce)
+
+
+def _clusters(item: ReportInput, cfg: ReportConfig) -> np.ndarray | None:
+    """Channel clusters of a fit's read-out, or None (with a warning) when it cannot be clustered."""
+    try:
+        return cluster_channels(item.readout, cfg.clusters)
+    except InvalidInputError as error:
+        warnings.warn(f"{item.source}: no channel-cluster map: {error}", stacklevel=2)
+        return None
+
+
+def _page_figure(root: Path, name: str, title: str, figure: Figure, stem: Path, cfg: ReportConfig) -> PageFigure:
+    paths = _relative(root, save_figure(figure, stem, cfg=cfg))
+    return PageFigure(title=name, caption=title, path=paths["png"],
+                      downloads={fmt: path for fmt, path in paths.items() if fmt != "png"})
+
+
+def _relative(root: Path, paths: dict[str, Path]) -> dict[str, str]:
+    return {fmt: path.relative_to(root).as_posix() for fmt, path in paths.items()}
+
+
+def _reproduce_fit(item: ReportInput) -> Iterable[str]:
+    fit = item.fit
+    number = "".join(ch for ch in fit.subject if ch.isdigit()).lstrip("0") or fit.subject
+    if fit.method == "truth":
+        return [f"bddn synth --subjects {number} --model {fit.model}"]
+    method = "" if fit.method == "factortopy" else f" --method {fit.method}"
+    return [f"bddn fit --subject {number} --model {fit.model}{method}  # data and options: see config below"]

@@ -1,0 +1,138 @@
+"""Per-ROI summaries of a fit and its hierarchy score.
+
+ROI names are grouped into canonical areas first: dorsal/ventral halves merge (``V1v`` +
+``V1d`` -> ``V1``), ``hV4`` -> ``V4``, numbered parts merge (``FFA-1`` + ``FFA-2`` -> ``FFA``),
+and a ``<class>:`` qualifier is dropped.
+
+**Hierarchy rank** of an area: V1 = 1, V2 = 2, V3 = 3, V4 = 4, and every higher
+(category-selective or mid/high-level) area of :data:`HIGHER_AREAS` = 5, tied: the visual
+hierarchy orders the early areas but not the higher areas among themselves. Areas outside
+these lists (e.g. the NSD ``streams`` labels) are summarised but not ranked.
+
+**Hierarchy score** of a fit: Spearman's rank correlation (ties averaged) between the areas'
+hierarchy rank and their mean selected layer (the per-vertex expected layer index
+``layer_mean`` averaged over the area's vertices), over the ranked areas present (at least 3
+and at least two distinct ranks, else NaN). +1: later areas choose deeper layers, exactly
+in hierarchy order; 0: no relation. Because the higher areas share one rank, a perfect
+ordering scores below 1 when several higher areas are present; the **ceiling** (Spearman of
+the ranks against any strictly increasing sequence, e.g. 0.913 for V1-V4 plus five higher
+areas) is reported beside it. Reported beside it, the **mean normalised entropy** of
+the layer weights over all vertices (0: every vertex picks one layer; 1: uniform weights),
+i.e. how decisively layers are chosen.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from stages.fit.result import FitResult
+
+EARLY_AREAS = {"V1": 1, "V2": 2, "V3": 3, "V4": 4}
+HIGHER_AREAS = ("EBA", "FBA", "OFA", "FFA", "OPA", "PPA", "RSC", "OWFA", "VWFA", "mTL-bodies", "mTL-faces",
+                "aTL-faces", "mfs-words", "mTL-words", "LO", "hMT", "MT", "MST", "V3A", "V3B", "IPS")
+HIGHER_RANK = 5
+#: Per-vertex score columns summarised per ROI, most preferred first.
+SCORE_COLUMNS = ("r2_test", "r2_val")
+
+
+def canonical_area(roi: str) -> str:
+    """The area an ROI label belongs to (``"V1v"`` -> ``"V1"``, ``"FFA-1"`` -> ``"FFA"``); "" stays ""."""
+    name = str(roi).split(":")[-1].strip()
+    if re.fullmatch(r"V[123][vd]", name):
+        return name[:2]
+    if name in ("hV4", "V4v", "V4d"):
+        return "V4"
+    return re.sub(r"-\d+$", "", name)
+
+
+def hierarchy_rank(area: str) -> float:
+    """Rank of an area in the visual hierarchy (1..4 early, 5 higher) or NaN when unranked."""
+    if area in EARLY_AREAS:
+        return float(EARLY_AREAS[area])
+    return float(HIGHER_RANK) if area in HIGHER_AREAS else float("nan")
+
+
+@dataclass(frozen=True)
+class HierarchyScore:
+    """Hierarchy score of one fit (see the module docstring).
+
+    Attributes:
+        spearman: rank correlation of hierarchy rank vs mean selected layer (NaN if undefined).
+        p_value: its two-sided p-value (few areas: interpret with care).
+        n_areas: ranked areas that entered the correlation.
+        mean_entropy: mean normalised layer entropy over all vertices.
+        ceiling: the largest Spearman value these areas' tied ranks allow (NaN if undefined).
+    """
+
+    spearman: float
+    p_value: float
+    n_areas: int
+    mean_entropy: float
+    ceiling: float = float("nan")
+
+
+def summarise_rois(fit: FitResult) -> pd.DataFrame:
+    """One row per area: size, hierarchy rank, layer profile and selections, scores.
+
+    Columns: ``area``, ``hierarchy_rank``, ``n_vertices``, ``mean_layer``, ``sd_layer``,
+    ``mean_depth`` (mean_layer / (n_layers - 1), comparable across models), ``mean_entropy``,
+    ``mean_scale``, ``sd_scale``, the mean of each available score column (``r2_test``...,
+    ``r2_test_nc``), then ``profile_XX`` and ``profile_sd_XX`` (mean and SD of each layer's
+    weight). Rows are ordered by hierarchy rank, then name; unranked areas last.
+    """
+    areas = np.array([canonical_area(roi) for roi in np.asarray(fit.vertices["roi"]).astype(str)])
+    weights = fit.layer_weights.astype(np.float64)
+    n_layers = weights.shape[1]
+    scores = [name for name in fit.vertices if name.startswith(SCORE_COLUMNS)]
+    rows = []
+    for area in sorted(set(areas.tolist()) - {"", "nan", "none"}):
+        inside = areas == area
+        layer_mean = np.asarray(fit.vertices["layer_mean"], dtype=np.float64)[inside]
+        scale = np.asarray(fit.vertices["scale"], dtype=np.float64)[inside]
+        row = {"area": area, "hierarchy_rank": hierarchy_rank(area), "n_vertices": int(inside.sum()),
+               "mean_layer": layer_mean.mean(), "sd_layer": layer_mean.std(),
+               "mean_depth": layer_mean.mean() / max(n_layers - 1, 1),
+               "mean_entropy": float(np.mean(fit.vertices["layer_entropy"][inside])),
+               "mean_scale": scale.mean(), "sd_scale": scale.std()}
+        for name in scores:
+            row[name] = float(np.nanmean(fit.vertices[name][inside])) if np.isfinite(
+                fit.vertices[name][inside]).any() else float("nan")
+        profile = weights[inside]
+        row.update({f"profile_{i:02d}": profile[:, i].mean() for i in range(n_layers)})
+        row.update({f"profile_sd_{i:02d}": profile[:, i].std() for i in range(n_layers)})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    order = table.assign(_unranked=table["hierarchy_rank"].isna()).sort_values(["_unranked", "hierarchy_rank", "area"])
+    return order.drop(columns="_unranked").reset_index(drop=True)
+
+
+def score_hierarchy(fit: FitResult, summary: pd.DataFrame | None = None) -> HierarchyScore:
+    """The hierarchy score and mean normalised entropy of one fit (``summary`` reused when given)."""
+    summary = summarise_rois(fit) if summary is None else summary
+    entropy = float(np.mean(fit.vertices["layer_entropy"]))
+    ranked = summary.dropna(subset=["hierarchy_rank"]) if not summary.empty else summary
+    if len(ranked) < 3 or ranked["hierarchy_rank"].nunique() < 2 or ranked["mean_layer"].nunique() < 2:
+        return HierarchyScore(float("nan"), float("nan"), len(ranked), entropy)
+    result = spearmanr(ranked["hierarchy_rank"], ranked["mean_layer"])
+    ceiling = spearmanr(ranked["hierarchy_rank"], np.arange(len(ranked))).statistic
+    return HierarchyScore(float(result.statistic), float(result.pvalue), len(ranked), entropy, float(ceiling))
+
+
+def to_markdown(table: pd.DataFrame, *, digits: int = 3) -> str:
+    """A GitHub-flavoured Markdown table of ``table`` (floats rounded to ``digits``)."""
+    def cell(value: object) -> str:
+        if isinstance(value, (float, np.floating)):
+            return "" if np.isnan(value) else f"{value:.{digits}f}"
+        return str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "| " + " | ".join("---" for _ in table.columns) + " |"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"

@@ -1,0 +1,86 @@
+"""The report end to end: ``bddn figures`` / ``bddn compare`` on a run root, the page's links, headless Chromium.
+
+Rendering a whole run root takes tens of seconds on a small CPU, so the module is marked slow;
+``test_report_page.py`` checks the page machinery quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from safetensors.numpy import save_file
+
+from pipeline.cli import main
+from pipeline.synthetic.layout import write_planted_truth
+from report_helpers import browser_tools, check_page_in_browser, planted_fit
+
+pytestmark = pytest.mark.slow
+
+FAST = ["--dpi", "30", "--resolution", "300", "--inflated-maps", "layer", "--no-progress"]
+
+
+def _write_run_root(root: Path) -> tuple[Path, Path]:
+    """A run root with one FactorTopy fit (with read-out weights) and the planted truth of its subject."""
+    fit = planted_fit(seed=1)
+    fit.method = "factortopy"
+    folder = fit.save(root / "fits" / "toy" / "subj01")
+    rng = np.random.default_rng(0)
+    save_file({"readouts.0.weight": rng.normal(size=(fit.n_vertices, 16)).astype(np.float32)},
+              str(folder / "weights.safetensors"))
+    truth = planted_fit(seed=2, noise=0.1)
+    subject = root / "synthetic" / "subj01"
+    subject.mkdir(parents=True)
+    write_planted_truth(subject, truth, {"seed": 2})
+    return folder, subject
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    _write_run_root(root)
+    preset = root / "report.toml"
+    preset.write_text("[figures]\ndpi = 40\n[figures.clusters]\nn_clusters = 6\nn_centroids = 30\n")
+    assert main(["--run-root", str(root), "figures", "--config", str(preset), *FAST]) == 0
+    return root / "figures"
+
+
+def test_report_holds_every_figure_table_and_export(report: Path) -> None:
+    page = (report / "index.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert len(sources) >= 12
+    for source in sources:
+        assert not source.startswith(("/", "http")) and (report / source).is_file(), source
+    fit_dir = report / "toy" / "subj01-factortopy"
+    for name in ("layer", "space", "scale", "r2_test", "clusters", "layer_weights", "inflated_layer", "roi_summary",
+                 "difference_vs_truth"):
+        assert (fit_dir / f"{name}.png").is_file(), name
+    assert (fit_dir / "gifti" / "clusters.lh.func.gii").is_file()
+    assert (report / "toy" / "subj01-truth" / "layer.png").is_file()
+    scores = pq.read_table(report / "hierarchy_scores.parquet").to_pandas()
+    truth = scores[scores["method"] == "truth"].iloc[0]
+    assert truth["hierarchy_spearman"] > 0.9
+    assert "hierarchy_spearman" in (report / "hierarchy_scores.md").read_text()
+    assert "Provenance" in page and "bddn synth --subjects 1 --model toy" in page
+    config = json.loads((report / "report.json").read_text())["config"]
+    assert config["dpi"] == 30 and config["clusters"]["n_clusters"] == 6  # flag over preset over default
+    assert not list(report.rglob(".*partial*"))
+
+
+def test_compare_writes_grid_and_difference(report: Path, tmp_path: Path) -> None:
+    root = report.parent
+    out = tmp_path / "cmp"
+    status = main(["--run-root", str(root), "compare", str(root / "synthetic" / "subj01"),
+                   str(root / "fits" / "toy" / "subj01"), "--out", str(out), "--dpi", "30", "--resolution", "300", "--maps", "layer,scale"])
+    assert status == 0
+    assert (out / "grid.png").is_file() and (out / "difference.png").is_file()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(browser_tools() is None, reason="needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+def test_full_report_loads_in_headless_chromium(report: Path, tmp_path: Path) -> None:
+    assert check_page_in_browser(report / "index.html", tmp_path) >= 12
