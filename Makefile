@@ -61,7 +61,7 @@ demo: setup
 	$(BDDN) demo-images
 	$(BDDN) features --model $(MODEL) --imageset demo
 	$(BDDN) synth --subjects $(SUBJECTS) --model $(MODEL)
-	$(BDDN) fit --subject $(SUBJECT) --model $(MODEL) --data synthetic
+	$(BDDN) fit --subject $(SUBJECT) --model $(MODEL) --data synthetic --epochs 10
 	$(BDDN) fit --subject $(SUBJECT) --model $(MODEL) --data synthetic --method ridge
 	$(BDDN) figures
 
@@ -70,6 +70,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/features.py
+	$(BIN)/python bench/store_read.py
 	$(BIN)/python bench/fit.py
 	$(BIN)/python bench/recovery.py
 

@@ -56,7 +56,7 @@ class SheetRaster:
             colour = (weights[:, :, None] * rgba[name][faces, :3]).sum(axis=1)
             grey = (weights * underlay_grey(mesh.hemisphere(name))[faces]).sum(axis=1, keepdims=True)
             alpha = rgba[name][faces, 3].min(axis=1, keepdims=True)
-            image[self.pixels[name], :3] = alpha * colour + (1.0 - alpha) * grey
+            image[self.pixels[name], :3] = np.clip(alpha * colour + (1.0 - alpha) * grey, 0.0, 1.0)
             image[self.pixels[name], 3] = 1.0
         return image.reshape(self.shape[0], self.shape[1], 4)
 
