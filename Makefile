@@ -15,7 +15,7 @@ DATA     ?= synthetic
 ROOT     ?=
 METHOD   ?= factortopy
 ARGS     ?=
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --runslow
 
 BDDN := $(BIN)/bddn --run-root $(RUN_ROOT)
 IMAGE_SOURCE := $(if $(IMAGES),--images $(IMAGES),--imageset $(IMAGESET))

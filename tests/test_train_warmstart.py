@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from stages.fit.factortopy import FactorTopy, FactorTopyConfig
-from stages.fit.warmstart import cell_scores, centre_targets, fit_selectors, score_targets
+from stages.fit.ridge import score_targets
+from stages.fit.warmstart import cell_scores, centre_targets, fit_selectors
 from train_fixtures import make_store, make_subject
 
 

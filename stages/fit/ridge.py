@@ -16,9 +16,11 @@ the classic per-vertex feature-space weighting.
 Columns of the :class:`~stages.fit.result.FitResult` (ridge has no sample point and no
 local/global mix, so some columns are stand-ins):
 
-* layer weights — ridge: each layer's best leave-one-out R^2 clipped at 0 and normalised
-  to sum 1 (uniform where no layer predicts), so the argmax is the best layer and the
-  entropy says how clear the choice is; banded ridge: the chosen band weights.
+* layer weights — ridge: ``softmax(R^2_l / layer_temperature)`` of each layer's best
+  leave-one-out R^2, so the argmax is the best layer and the entropy says how clearly it
+  beats its neighbours (R^2 differences of a few hundredths are decisive; a plain
+  normalisation of the scores would make every vertex look undecided); banded ridge: the
+  chosen band weights.
 * ``space_x``, ``space_y`` — NaN.
 * ``scale`` — ridge: 1 where the global token won, 0 where the pooled local tokens did;
   banded ridge: 1 for ``banded_features="global"``, 0 for ``"local"``, NaN for ``"both"``.
@@ -65,6 +67,7 @@ class RidgeConfig:
         alphas: penalty grid (on the normalised kernel scale, see module docs).
         banded_features: features of each band: ``"global"``, ``"local"`` or ``"both"``.
         banded_samples: Dirichlet draws of band weights besides the one-hots and the uniform.
+        layer_temperature: softmax temperature (R^2 units) turning per-layer scores into layer weights.
         seed: seeds the band-weight draws.
         batch_size: images per read from the store.
         device: where the solver runs: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
@@ -78,6 +81,7 @@ class RidgeConfig:
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 5, 8))
     banded_features: str = "both"
     banded_samples: int = 20
+    layer_temperature: float = 0.02
     seed: int = 0
     batch_size: int = 256
     device: str = "auto"
@@ -95,6 +99,8 @@ class RidgeConfig:
         for name in ("local_pool", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ridge config: {name} must be a positive integer, got {getattr(self, name)}")
+        if not self.layer_temperature > 0:
+            raise ConfigError(f"ridge config: layer_temperature must be > 0, got {self.layer_temperature}")
         if self.banded_samples < 0:
             raise ConfigError(f"ridge config: banded_samples must be >= 0, got {self.banded_samples}")
 
@@ -164,7 +170,7 @@ def fit_ridge(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> FitRes
                 cross = {split: block[rows] @ projection for split, rows in evals.items()}
                 scores[set_index, layer] = consider(set_index * n_layers + layer, spectrum, cross)
         per_layer = scores.max(axis=0).T                                             # (n_vertices, n_layers)
-        weights = _normalised_scores(per_layer)
+        weights = score_targets(per_layer, temperature=cfg.layer_temperature)
         chosen_set = np.asarray(cfg.feature_sets)[best.candidate // n_layers]
         scale = (chosen_set == "global").astype(np.float32)
         for layer in range(n_layers):
@@ -243,11 +249,20 @@ def _band_weights(n_layers: int, n_samples: int, seed: int) -> torch.Tensor:
     return torch.as_tensor(rows, dtype=torch.float64)
 
 
-def _normalised_scores(scores: np.ndarray) -> np.ndarray:
-    positive = np.clip(np.nan_to_num(scores, nan=0.0, neginf=0.0), 0.0, None)
-    total = positive.sum(axis=1, keepdims=True)
-    uniform = np.full_like(positive, 1.0 / positive.shape[1])
-    return np.where(total > 0, positive / np.where(total > 0, total, 1.0), uniform)
+def score_targets(scores: np.ndarray, *, temperature: float) -> np.ndarray:
+    """Target layer weights ``softmax(scores / temperature)`` per vertex.
+
+    Args:
+        scores: array of shape (n_vertices, n_layers), e.g. held-out R^2 of a ridge per layer.
+        temperature: in score units; small values give nearly one-hot targets.
+
+    Returns:
+        float32 array of shape (n_vertices, n_layers), rows summing to 1.
+    """
+    logits = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _result(store: FeatureStore, subject: Subject, cfg: RidgeConfig, layer_names: tuple[str, ...],

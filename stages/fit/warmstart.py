@@ -23,28 +23,12 @@ import torch
 
 from cache.store import FeatureStore
 from stages.fit.factortopy import FactorTopy
-from stages.fit.ridge import RidgeConfig, score_layers
+from stages.fit.ridge import RidgeConfig, score_layers, score_targets
 from stages.subject import Subject
 
 #: Optimiser steps used to fit the layer selector to its target.
 WARM_START_STEPS = 300
 WARM_START_LR = 3e-3
-
-
-def score_targets(scores: np.ndarray, *, temperature: float) -> np.ndarray:
-    """Target layer weights ``softmax(scores / temperature)`` per vertex.
-
-    Args:
-        scores: array of shape (n_vertices, n_layers), e.g. held-out R^2 of a ridge per layer.
-        temperature: in score units; small values give nearly one-hot targets.
-
-    Returns:
-        float32 array of shape (n_vertices, n_layers), rows summing to 1.
-    """
-    logits = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    weights = np.exp(logits)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def fit_selectors(model: FactorTopy, *, layer_targets: np.ndarray | None = None,
