@@ -39,6 +39,7 @@ from cache.store import FeatureStore  # noqa: E402
 from pipeline import runroot  # noqa: E402
 from pipeline.config import build_config  # noqa: E402
 from pipeline.subjects import load_subject  # noqa: E402
+from pipeline.surfaces import mesh_neighbours  # noqa: E402
 from pipeline.synthetic.layout import load_planted_truth  # noqa: E402
 from stages.fit.config import FitConfig, config_record, reference_preset  # noqa: E402
 from stages.fit.result import FitResult  # noqa: E402
@@ -138,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         if method == "ridge":
             fit = fit_ridge(store, subject, RidgeConfig())
         else:
-            fit = fit_factortopy(store, subject, configs[method], checkpoint_dir=None, progress=False)
+            neighbours = (mesh_neighbours(subject.hemisphere, subject.fsaverage_index)
+                          if configs[method].smoothness_weight > 0 else None)
+            fit = fit_factortopy(store, subject, configs[method], checkpoint_dir=None, progress=False,
+                                 neighbours=neighbours)
         seconds = time.perf_counter() - started
         rows[method] = {**recovery_scores(fit, truth), "seconds": seconds,
                         "epochs_run": fit.metrics.get("epochs_run"), "best_epoch": fit.metrics.get("best_epoch"),
