@@ -50,7 +50,7 @@ def build_model(args: argparse.Namespace) -> FactorTopy:
     model = FactorTopy(n_channels=[args.channels] * args.layers, grid=args.grid, coords=coords,
                        cfg=FactorTopyConfig())
     with torch.no_grad():
-        hidden = model.selectors.space.body(model._encoding(0))
+        hidden = model.selectors.space.body(model.position_encoding(0))
         weight = torch.randn(2, hidden.shape[1])
         mean = hidden.mean(dim=0)
         weight -= (weight @ mean)[:, None] * mean / mean.dot(mean)

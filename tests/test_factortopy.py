@@ -32,7 +32,7 @@ def perturbed_model(n_channels: list[int], *, grid: int = 8, n_vertices: int = 3
     with torch.no_grad():
         # Space: raw outputs centred over vertices with unit spread, so tanh puts points all
         # over the grid, about a third of them beyond the outermost cell centres.
-        hidden = model.selectors.space.body(model._encoding(0))
+        hidden = model.selectors.space.body(model.position_encoding(0))
         mean = hidden.mean(dim=0)
         weight = torch.randn(2, hidden.shape[1])
         weight -= (weight @ mean)[:, None] * mean / mean.dot(mean)

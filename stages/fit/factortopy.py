@@ -144,14 +144,16 @@ class FactorTopy(nn.Module):
         """Number of vertices of ``subject``."""
         return self.readouts[subject].out_features
 
-    def _encoding(self, subject: int) -> torch.Tensor:
+    def position_encoding(self, subject: int = 0) -> torch.Tensor:
+        """The fixed sinusoidal encoding of one subject's vertex positions, shape (n_vertices, 192 by default):
+        the input of every selector MLP."""
         if not 0 <= subject < self.n_subjects:
             raise InvalidInputError(f"subject index {subject} out of range: the model has {self.n_subjects} subject(s)")
         return getattr(self, f"encoding_{subject}")
 
     def selections(self, *, subject: int = 0) -> Selections:
         """Selector outputs for every vertex of ``subject`` (differentiable)."""
-        space, layer, scale = self.selectors(self._encoding(subject))
+        space, layer, scale = self.selectors(self.position_encoding(subject))
         if self.cfg.scale_mode == "mix":
             return Selections(layer_weights=layer, space=space, scale=scale)
         position = torch.linspace(0.0, 1.0, scale.shape[1], device=scale.device, dtype=scale.dtype)

@@ -45,7 +45,7 @@ def fit_selectors(model: FactorTopy, *, layer_targets: np.ndarray | None = None,
         space_targets: array of shape (n_vertices, 2) in (-1, 1), or None.
     """
     device = next(model.parameters()).device
-    encoding = model._encoding(0)
+    encoding = model.position_encoding(0)
     heads = {}
     if layer_targets is not None:
         heads["layer"] = (model.selectors.layer, torch.as_tensor(layer_targets, dtype=torch.float32, device=device))
