@@ -32,7 +32,7 @@ from pipeline.report_topchannels import top_channel_figures
 from stages.mesh import CorticalMesh
 from stages.report.clusters import cluster_channels
 from stages.report.compare import average_fits, fit_label, render_comparison_grid, render_difference
-from stages.report.config import ReportConfig
+from stages.report.config import ReportConfig, with_space_extent
 from stages.report.export import write_gifti_maps
 from stages.report.figures import iter_fit_figures
 from stages.report.html import PageFigure, PageSection, PageTable, render_page
@@ -75,6 +75,7 @@ def write_report(figures_root: Path, inputs: Sequence[ReportInput], flat: Cortic
     ``images``: input images for top-channel figures of fits that saved bottlenecks and read-out.
     """
     figures_root.mkdir(parents=True, exist_ok=True)
+    cfg = with_space_extent(cfg, [item.fit for item in inputs])
     sections, scores = [], []
     for item in tqdm(inputs, desc="figures", unit="fit", disable=not progress):
         section, score_row = _write_fit(figures_root, item, flat, inflated, cfg, reproduce, images)
@@ -101,7 +102,8 @@ def _write_fit(root: Path, item: ReportInput, flat: CorticalMesh, inflated: Cort
     figures = [_page_figure(root, name, title, figure, folder / name, cfg)
                for name, title, figure in iter_fit_figures(fit, flat, inflated, clusters=clusters,
                                                            inflated_maps=cfg.inflated_maps,
-                                                           resolution=cfg.resolution, crop=cfg.crop)]
+                                                           resolution=cfg.resolution, crop=cfg.crop,
+                                                           space_extent=cfg.space_extent)]
     if images:
         figures += [_page_figure(root, f"top channels: {stem}", "RGB = each ROI's 3 principal read-out directions",
                                  figure, folder / "top_channels" / stem, cfg)
@@ -139,7 +141,8 @@ def _write_overview(root: Path, inputs: Sequence[ReportInput], scores: pd.DataFr
         tables.append(PageTable("Hierarchy scores", scores, _relative(root, save_table(scores, root / "hierarchy_scores"))))
     fits = [item.fit for item in inputs]
     figures.append(_page_figure(root, "comparison", "rows = fits, columns = maps",
-                                render_comparison_grid(fits, flat, resolution=cfg.resolution // 2),
+                                render_comparison_grid(fits, flat, resolution=cfg.resolution // 2,
+                                                       space_extent=cfg.space_extent),
                                 root / "comparison", cfg))
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for fit in fits:
@@ -147,7 +150,8 @@ def _write_overview(root: Path, inputs: Sequence[ReportInput], scores: pd.DataFr
     averages = [average_fits(group) for group in groups.values() if len({f.subject for f in group}) >= 2]
     if averages:
         figures.append(_page_figure(root, "subject averages", "per model, averaged per fsaverage vertex",
-                                    render_comparison_grid(averages, flat, resolution=cfg.resolution // 2),
+                                    render_comparison_grid(averages, flat, resolution=cfg.resolution // 2,
+                                                           space_extent=cfg.space_extent),
                                     root / "average" / "averages", cfg))
     truths = {item.fit.subject: item.fit for item in inputs if item.fit.method == "truth"}
     for item in inputs:

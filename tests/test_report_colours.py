@@ -9,7 +9,7 @@ from skimage.color import lab2rgb, rgb2lab
 
 from cache.errors import InvalidInputError
 from stages.report.colours import (
-    SPACE_CHROMA, SPACE_LIGHTNESS, cluster_colours, entropy_brightness, lab_to_srgb, layer_colour_bar,
+    SPACE_CHROMA, SPACE_LIGHTNESS, auto_space_extent, cluster_colours, entropy_brightness, lab_to_srgb, layer_colour_bar,
     layer_colours, layer_hue, scalar_colours, space_colour_square, space_colours,
 )
 
@@ -81,3 +81,25 @@ def test_cluster_colours_are_tab20() -> None:
 def test_layer_hue_rejects_zero_layers() -> None:
     with pytest.raises(InvalidInputError, match="n_layers"):
         layer_hue(np.array([0]), 0)
+
+
+def test_space_extent_stretches_the_colour_square_onto_the_image_centre() -> None:
+    inner = space_colours(np.array([0.3, -0.3, 0.0]), np.array([0.0, 0.3, -0.3]), extent=0.3)
+    whole = space_colours(np.array([1.0, -1.0, 0.0]), np.array([0.0, 1.0, -1.0]))
+    np.testing.assert_allclose(inner, whole)
+    beyond = space_colours(np.array([0.9]), np.array([0.0]), extent=0.3)
+    np.testing.assert_allclose(beyond, space_colours(np.array([1.0]), np.array([0.0])))  # edge colour
+    with pytest.raises(InvalidInputError, match="space extent"):
+        space_colours(np.zeros(1), np.zeros(1), extent=0.0)
+
+
+def test_auto_space_extent_covers_the_points_of_every_fit() -> None:
+    rng = np.random.default_rng(0)
+    foveal = (rng.uniform(-0.2, 0.2, 1000), rng.uniform(-0.2, 0.2, 1000))
+    assert auto_space_extent([foveal]) == pytest.approx(0.2)
+    wider = (np.linspace(-0.6, 0.6, 1000), np.zeros(1000))
+    assert auto_space_extent([wider]) == pytest.approx(0.55)                  # 90th percentile 0.54, rounded up
+    assert auto_space_extent([foveal, wider]) == pytest.approx(0.5)           # one extent for fits drawn together
+    no_point = (np.full(10, np.nan), np.full(10, np.nan))                      # ridge: no sample point
+    assert auto_space_extent([no_point]) == 1.0
+    assert auto_space_extent([(np.zeros(5), np.zeros(5))]) == pytest.approx(0.1)  # never below the minimum

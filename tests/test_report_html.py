@@ -68,6 +68,7 @@ def test_report_holds_every_figure_table_and_export(report: Path) -> None:
     assert "Provenance" in page and "bddn synth --subjects 1 --model toy" in page
     config = json.loads((report / "report.json").read_text())["config"]
     assert config["dpi"] == 30 and config["clusters"]["n_clusters"] == 6  # flag over preset over default
+    assert 0.1 <= config["space_extent"] <= 1.0  # the extent chosen for these fits is recorded
     assert not list(report.rglob(".*partial*"))
 
 

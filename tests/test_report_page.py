@@ -68,4 +68,6 @@ def test_report_config_refuses_bad_values() -> None:
         ReportConfig(formats=("svg",))
     with pytest.raises(ConfigError, match="dpi"):
         ReportConfig(dpi=5)
+    with pytest.raises(ConfigError, match="space_extent"):
+        ReportConfig(space_extent=1.5)
     assert np.isclose(build_config(ReportConfig, {"dpi": 72}).dpi, 72)

@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"raster pixels across one flatmap (default {defaults.resolution})")
     parser.add_argument("--no-crop", dest="crop", action="store_const", const=False, default=None,
                         help="draw whole flat sheets instead of zooming onto each fit's vertices")
+    add_space_extent_argument(parser)
     parser.add_argument("--inflated-maps", type=parse_list, default=None,
                         help=f"maps also drawn on inflated surfaces (default {','.join(defaults.inflated_maps)})")
     parser.add_argument("--top-channels", type=Path, default=None, metavar="IMAGES",
@@ -48,11 +49,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_space_extent_argument(parser: argparse.ArgumentParser) -> None:
+    """``--space-extent``, shared by ``bddn figures`` and ``bddn compare``."""
+    parser.add_argument("--space-extent", type=float, default=None, metavar="E",
+                        help="half-width of the image region (1 = whole image) the space maps' colour square spans "
+                             "(default: chosen from the fits drawn together, the 90th percentile of their points' distance from the centre)")
+
+
 def build_report_config(args: argparse.Namespace) -> ReportConfig:
     """The resolved :class:`ReportConfig`: defaults, then the preset's table, then flags."""
     preset = load_toml(args.config).get(_PRESET_TABLE, {}) if args.config else {}
     flags = {"formats": args.formats, "dpi": args.dpi, "resolution": args.resolution, "crop": getattr(args, "crop", None),
-             "inflated_maps": getattr(args, "inflated_maps", None)}
+             "inflated_maps": getattr(args, "inflated_maps", None), "space_extent": args.space_extent}
     return build_config(ReportConfig, preset, flags, where=f"{args.config or 'flags'}")
 
 

@@ -6,7 +6,10 @@
   undecided one dark. Its legend is 2-D: layer along x, entropy along y.
 * Space map: the selected image point (x, y) in [-1, 1]^2 looked up in a colour square of
   constant CIELAB lightness, so that position is coded by hue/chroma alone and no image
-  region looks more "important" than another.
+  region looks more "important" than another. The square may span only the central
+  ``[-extent, extent]^2`` of the image (points beyond take the edge colour): receptive
+  fields crowd the image centre (cortical magnification), and over the whole image they
+  would all look grey. :func:`auto_space_extent` picks one extent for all fits drawn together.
 * Scale ``PuOr`` (0 local .. 1 global), scores ``Reds`` (0..1), per-layer weights ``inferno``,
   channel clusters ``tab20``.
 
@@ -91,15 +94,18 @@ def lab_to_srgb(lab: np.ndarray) -> np.ndarray:
     return np.clip(encoded, 0.0, 1.0)
 
 
-def space_colours(space_x: np.ndarray, space_y: np.ndarray) -> np.ndarray:
+def space_colours(space_x: np.ndarray, space_y: np.ndarray, *, extent: float = 1.0) -> np.ndarray:
     """Space-map RGB of image points: float array of shape (n_vertices, 3).
 
     ``space_x`` and ``space_y`` are in [-1, 1] (grid_sample convention: x left -> right,
     y top -> bottom). x drives CIELAB a* (green -> red), y drives b* (yellow at the top ->
-    blue at the bottom); lightness is constant at :data:`SPACE_LIGHTNESS`.
+    blue at the bottom); lightness is constant at :data:`SPACE_LIGHTNESS`. The colour
+    square spans ``[-extent, extent]`` on both axes; points outside take the edge colour.
     """
-    x = np.clip(np.asarray(space_x, dtype=np.float64), -1.0, 1.0)
-    y = np.clip(np.asarray(space_y, dtype=np.float64), -1.0, 1.0)
+    if not 0.0 < extent <= 1.0:
+        raise InvalidInputError(f"space extent {extent} must be in (0, 1]")
+    x = np.clip(np.asarray(space_x, dtype=np.float64) / extent, -1.0, 1.0)
+    y = np.clip(np.asarray(space_y, dtype=np.float64) / extent, -1.0, 1.0)
     lab = np.stack([np.full_like(x, SPACE_LIGHTNESS), SPACE_CHROMA * x, -SPACE_CHROMA * y], axis=-1)
     return lab_to_srgb(lab)
 
@@ -109,6 +115,23 @@ def space_colour_square(n: int = 64) -> np.ndarray:
     coords = np.linspace(-1.0, 1.0, n)
     x, y = np.meshgrid(coords, coords)
     return space_colours(x, y)
+
+
+def auto_space_extent(points: list[tuple[np.ndarray, np.ndarray]], *, quantile: float = 0.9,
+                      step: float = 0.05, minimum: float = 0.1) -> float:
+    """One space-map extent for fits drawn together: the ``quantile`` of ``max(|x|, |y|)`` over
+    all their points, rounded up to a multiple of ``step`` and kept within ``[minimum, 1]``.
+
+    Args:
+        points: one ``(space_x, space_y)`` pair of arrays per fit; NaN points (fits without a
+            sample point, e.g. ridge) are ignored. With no finite point the extent is 1.
+    """
+    radii = [np.maximum(np.abs(np.asarray(x, float)), np.abs(np.asarray(y, float))) for x, y in points]
+    finite = np.concatenate([r[np.isfinite(r)] for r in radii]) if radii else np.empty(0)
+    if finite.size == 0:
+        return 1.0
+    extent = np.ceil(np.quantile(finite, quantile) / step - 1e-9) * step
+    return round(float(np.clip(extent, minimum, 1.0)), 6)
 
 
 def scalar_colours(values: np.ndarray, *, cmap: str, vmin: float, vmax: float) -> np.ndarray:

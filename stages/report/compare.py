@@ -32,15 +32,15 @@ def fit_label(fit: FitResult) -> str:
 
 def render_comparison_grid(fits: Sequence[FitResult], flat: CorticalMesh, *,
                            maps: Sequence[str] = ("layer", "space", "scale"), panel_width: float = 4.0,
-                           resolution: int = 600) -> Figure:
+                           resolution: int = 600, space_extent: float = 1.0) -> Figure:
     """One row per fit, one column per map name (a map a fit lacks leaves its panel empty); ``resolution``
-    is each panel's raster width."""
+    is each panel's raster width, ``space_extent`` the space maps' shared colour-square extent."""
     if not fits:
         raise InvalidInputError("render_comparison_grid needs at least one fit")
     figure = Figure(figsize=(panel_width * len(maps), 0.45 * panel_width * len(fits) + 0.3), layout="constrained")
     axes = figure.subplots(len(fits), len(maps), squeeze=False)
     for row, fit in zip(axes, fits):
-        available = {vertex_map.name: vertex_map for vertex_map in fit_maps(fit)}
+        available = {vertex_map.name: vertex_map for vertex_map in fit_maps(fit, space_extent=space_extent)}
         for ax, name in zip(row, maps):
             if name in available:
                 render_map(fit, available[name], flat, rois=False, title=f"{fit_label(fit)}: {name}",

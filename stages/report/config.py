@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Sequence
 
 from cache.errors import ConfigError
+from stages.fit.result import FitResult
 from stages.report.clusters import ClusterConfig
+from stages.report.colours import auto_space_extent
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -20,6 +24,9 @@ class ReportConfig:
         resolution: raster pixels across a single flatmap (grid panels get half).
         crop: zoom each fit's flatmaps onto its vertices (the comparison grid always shows whole sheets).
         inflated_maps: maps also drawn on the inflated surfaces (lateral, medial, ventral, posterior).
+        space_extent: half-width (image units, 1 = the whole image) of the region the space
+            map's colour square spans; ``None`` picks one for all fits drawn together
+            (:func:`stages.report.colours.auto_space_extent`).
         clusters: channel clustering (20 clusters from 1000 k-means centroids by default).
     """
 
@@ -28,6 +35,7 @@ class ReportConfig:
     resolution: int = 1200
     crop: bool = True
     inflated_maps: tuple[str, ...] = ("layer", "space")
+    space_extent: float | None = None
     clusters: ClusterConfig = ClusterConfig()
 
     def __post_init__(self) -> None:
@@ -36,5 +44,16 @@ class ReportConfig:
             raise ConfigError(f"formats {list(self.formats)}: must start with 'png' and use only {', '.join(FORMATS)}")
         if not 30 <= self.dpi <= 1200:
             raise ConfigError(f"dpi {self.dpi} is outside 30..1200")
+        if self.space_extent is not None and not 0.0 < self.space_extent <= 1.0:
+            raise ConfigError(f"space_extent {self.space_extent} is outside (0, 1]")
         if not 100 <= self.resolution <= 8000:
             raise ConfigError(f"resolution {self.resolution} is outside 100..8000 pixels")
+
+
+def with_space_extent(cfg: ReportConfig, fits: Sequence[FitResult]) -> ReportConfig:
+    """``cfg`` with a concrete ``space_extent``: the configured one, else one chosen for ``fits`` together
+    (so every space map of one report, comparison grids included, uses the same colours)."""
+    if cfg.space_extent is not None:
+        return cfg
+    extent = auto_space_extent([(fit.vertices["space_x"], fit.vertices["space_y"]) for fit in fits])
+    return dataclasses.replace(cfg, space_extent=extent)

@@ -68,7 +68,7 @@ def draw_legend(ax: Axes, vertex_map: VertexMap, *, layer_names: Sequence[str]) 
     if vertex_map.legend == "layer":
         draw_layer_legend(ax.inset_axes(LEGEND_BOX), layer_names)
     elif vertex_map.legend == "space":
-        draw_space_legend(ax.inset_axes(LEGEND_BOX))
+        draw_space_legend(ax.inset_axes(LEGEND_BOX), extent=vertex_map.extent)
     elif vertex_map.legend == "colorbar":
         mappable = ScalarMappable(norm=Normalize(vertex_map.vmin, vertex_map.vmax), cmap=vertex_map.cmap)
         colorbar = ax.figure.colorbar(mappable, cax=ax.inset_axes(COLORBAR_BOX))
@@ -86,12 +86,13 @@ def draw_layer_legend(ax: Axes, layer_names: Sequence[str]) -> None:
     ax.set_ylabel("entropy", fontsize=6, labelpad=1)
 
 
-def draw_space_legend(ax: Axes) -> None:
-    """The space map's colour square in image coordinates (top of the square = top of the image)."""
+def draw_space_legend(ax: Axes, *, extent: float = 1.0) -> None:
+    """The space map's colour square in image coordinates (top of the square = top of the image);
+    with ``extent < 1`` the title says which central part of the image the square spans."""
     ax.imshow(space_colour_square(), extent=(-1, 1, 1, -1), interpolation="bilinear")
     ax.set_xticks([-1, 1], ["left", "right"], fontsize=5)
     ax.set_yticks([-1, 1], ["top", "bottom"], fontsize=5)
-    ax.set_title("image", fontsize=6, pad=1)
+    ax.set_title("image" if extent >= 1.0 else f"image, centre ±{extent:g}", fontsize=5, pad=2)
 
 
 def render_layer_grid(fit: FitResult, flat: CorticalMesh, *, n_cols: int = 4, resolution: int = 600,
@@ -122,15 +123,16 @@ def render_inflated_map(fit: FitResult, vertex_map: VertexMap, inflated: Cortica
 
 def iter_fit_figures(fit: FitResult, flat: CorticalMesh, inflated: CorticalMesh, *,
                      clusters: np.ndarray | None = None, inflated_maps: Sequence[str] = ("layer", "space"),
-                     resolution: int = 1200, crop: bool = False) -> Iterator[tuple[str, str, Figure]]:
+                     resolution: int = 1200, crop: bool = False, space_extent: float = 1.0
+                     ) -> Iterator[tuple[str, str, Figure]]:
     """Every figure of one fit as ``(name, title, figure)``, one at a time (callers save and drop each).
 
     The maps of :func:`stages.report.maps.fit_maps` on the flat sheets, the per-layer weight
     grid, the maps named in ``inflated_maps`` on the inflated surfaces, and the ROI chart;
     ``resolution`` is the raster width of a single map (grid panels get half); ``crop`` zooms
-    the flatmaps onto the fit's vertices.
+    the flatmaps onto the fit's vertices; ``space_extent`` is the space map's colour-square extent.
     """
-    maps = fit_maps(fit, clusters=clusters)
+    maps = fit_maps(fit, clusters=clusters, space_extent=space_extent)
     for vertex_map in maps:
         yield vertex_map.name, vertex_map.title, render_map(fit, vertex_map, flat, resolution=resolution, crop=crop)
     yield "layer_weights", "per-layer weight maps", render_layer_grid(fit, flat, resolution=resolution // 2, crop=crop)

@@ -37,6 +37,7 @@ class VertexMap:
         legend: ``"layer"`` (2-D layer x entropy bar), ``"space"`` (colour square),
             ``"clusters"`` or ``"colorbar"``.
         label: colour-bar label.
+        extent: half-width of the image region the space colour square spans (space maps).
     """
 
     name: str
@@ -48,6 +49,7 @@ class VertexMap:
     vmax: float = 1.0
     legend: str = "colorbar"
     label: str = ""
+    extent: float = 1.0
 
     @property
     def drawn(self) -> np.ndarray:
@@ -55,12 +57,13 @@ class VertexMap:
         return self.values if self.colours is None else self.colours
 
 
-def fit_maps(fit: FitResult, *, clusters: np.ndarray | None = None) -> list[VertexMap]:
+def fit_maps(fit: FitResult, *, clusters: np.ndarray | None = None, space_extent: float = 1.0) -> list[VertexMap]:
     """Every map of ``fit``: layer, space, scale, each score column present, channel clusters.
 
     Args:
         fit: a fit or planted truth.
         clusters: optional int array of shape (n_vertices,), channel-cluster labels.
+        space_extent: half-width of the image region the space map's colour square spans.
     """
     v = fit.vertices
     n_layers = len(fit.layer_names)
@@ -68,7 +71,8 @@ def fit_maps(fit: FitResult, *, clusters: np.ndarray | None = None) -> list[Vert
         VertexMap("layer", "layer (hue: argmax layer; dark: high entropy)", np.asarray(v["layer_argmax"], float),
                   colours=layer_colours(v["layer_argmax"], v["layer_entropy"], n_layers), legend="layer"),
         VertexMap("space", "space (selected image point)", np.hypot(v["space_x"], v["space_y"]).astype(float),
-                  colours=space_colours(v["space_x"], v["space_y"]), legend="space"),
+                  colours=space_colours(v["space_x"], v["space_y"], extent=space_extent), legend="space",
+                  extent=space_extent),
         VertexMap("scale", "scale (0 local, 1 global)", np.asarray(v["scale"], float), cmap=SCALE_CMAP,
                   label="scale"),
     ]
