@@ -21,7 +21,7 @@ BDDN := $(BIN)/bddn --run-root $(RUN_ROOT)
 IMAGE_SOURCE := $(if $(IMAGES),--images $(IMAGES),--imageset $(IMAGESET))
 DATA_ROOT := $(if $(ROOT),--root $(ROOT),)
 
-.PHONY: setup demo demo-images features synth fit figures test bench clean help
+.PHONY: setup demo demo-images features synth fit fit-joint figures test bench clean help
 
 help:
 	@echo "make demo                      all stages on the embedded default (demo images, mobilenet_v2, synthetic subjects)"
@@ -29,6 +29,7 @@ help:
 	@echo "make features MODEL=clip [IMAGES=dir]   stage one: feature store"
 	@echo "make synth [SUBJECTS='1 2 3']  synthetic subjects with a planted answer"
 	@echo "make fit SUBJECT=1 [MODEL=..] [DATA=algonauts ROOT=dir] [METHOD=ridge]   stage two"
+	@echo "make fit-joint [SUBJECTS='1 2 3']   stage two, subjects fitted jointly (shared selectors)"
 	@echo "make figures                   stage three: maps, tables, runs/figures/index.html"
 	@echo "make bench                     benchmarks under bench/"
 
@@ -53,6 +54,9 @@ synth: setup
 
 fit: setup
 	$(BDDN) fit --subject $(SUBJECT) --model $(MODEL) --imageset $(IMAGESET) --data $(DATA) $(DATA_ROOT) --method $(METHOD) $(ARGS)
+
+fit-joint: setup
+	$(BDDN) fit --subjects $(SUBJECTS) --model $(MODEL) --imageset $(IMAGESET) --data $(DATA) $(DATA_ROOT) $(ARGS)
 
 figures: setup
 	$(BDDN) figures $(ARGS)

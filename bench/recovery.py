@@ -3,7 +3,11 @@
 On a synthetic subject (demo images -> mobilenet_v2 store -> ``bddn synth``; built
 here when the run root lacks them) it fits FactorTopy with the reference preset,
 FactorTopy in the improved mode, and the per-layer ridge baseline, all on the same
-split, then scores each against the planted truth:
+split, then scores each against the planted truth. Two more methods fit several
+subjects (``--joint-subjects``, default 1,2,3): ``joint`` fits them jointly (shared
+selectors, one read-out each; improved-mode config) and ``improved-each`` fits the
+improved mode on each separately; each gives a row for the benchmarked subject and a
+``<method>-mean`` row averaged over the subjects. The numbers:
 
 * layer-argmax accuracy, exact and within +-1 layer;
 * receptive-field centre error, median over vertices, in cells of the 8x8 grid
@@ -16,7 +20,7 @@ Targets (noise ceiling 0.4, >= 1,000 training images): layer within +-1 >= 95 %,
 >= 80 %, median centre error <= 1 cell, R^2 / NC >= 0.8.
 
     .venv/bin/python bench/recovery.py [--run-root DIR] [--subject 1] [--methods reference,improved,ridge]
-        [--epochs N] [--set improved.KEY=VALUE ...]
+        [--joint-subjects 1,2,3] [--epochs N] [--set improved.KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -42,25 +46,28 @@ from pipeline.subjects import load_subject  # noqa: E402
 from pipeline.surfaces import mesh_neighbours  # noqa: E402
 from pipeline.synthetic.layout import load_planted_truth  # noqa: E402
 from stages.fit.config import FitConfig, config_record, reference_preset  # noqa: E402
+from stages.fit.multisubject import fit_factortopy_multi  # noqa: E402
 from stages.fit.result import FitResult  # noqa: E402
 from stages.fit.ridge import RidgeConfig, fit_ridge  # noqa: E402
 from stages.fit.train import fit_factortopy  # noqa: E402
+from stages.subject import Subject  # noqa: E402
 
 MODEL = runroot.DEFAULT_MODEL
 CELL = 2.0 / 8.0
 TARGETS = {"layer_within1": 0.95, "layer_exact": 0.80, "centre_error_cells": 1.0, "r2_over_nc": 0.8}
 
 
-def ensure_inputs(run_root: Path, subject: int) -> None:
-    """Build the demo images, the mobilenet_v2 store and the synthetic subject when missing."""
+def ensure_inputs(run_root: Path, subjects: list[int]) -> None:
+    """Build the demo images, the mobilenet_v2 store and the synthetic subjects when missing."""
     bddn = [sys.executable, "-m", "pipeline.cli", "--run-root", str(run_root)]
     if not runroot.imageset_dir(run_root, "demo").is_dir():
         subprocess.run(bddn + ["demo-images"], check=True, cwd=ROOT)
     store = runroot.feature_store_path(run_root, "demo", MODEL)
     if not store.exists() or not FeatureStore.open(store).is_complete():
         subprocess.run(bddn + ["features", "--model", MODEL, "--imageset", "demo"], check=True, cwd=ROOT)
-    if not (runroot.synthetic_root(run_root) / f"subj{subject:02d}").is_dir():
-        subprocess.run(bddn + ["synth", "--subjects", str(subject), "--model", MODEL], check=True, cwd=ROOT)
+    missing = [str(n) for n in subjects if not (runroot.synthetic_root(run_root) / f"subj{n:02d}").is_dir()]
+    if missing:
+        subprocess.run(bddn + ["synth", "--subjects", *missing, "--model", MODEL], check=True, cwd=ROOT)
 
 
 def recovery_scores(fit: FitResult, truth: FitResult) -> dict[str, float]:
@@ -97,14 +104,15 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def method_configs(args: argparse.Namespace) -> dict[str, FitConfig]:
-    """The FactorTopy configs to benchmark: reference preset and improved mode, with overrides."""
-    overrides: dict[str, dict] = {"reference": {}, "improved": {}}
+    """The FactorTopy configs to benchmark: reference preset, improved mode and joint fit (improved mode), with
+    overrides."""
+    overrides: dict[str, dict] = {"reference": {}, "improved": {}, "joint": {}}
     for item in args.set:
         target, _, assignment = item.partition(".")
         name, _, value = assignment.partition("=")
         overrides.setdefault(target, {})[name] = json.loads(value)
     configs = {}
-    for method, base in (("reference", reference_preset()), ("improved", FitConfig())):
+    for method, base in (("reference", reference_preset()), ("improved", FitConfig()), ("joint", FitConfig())):
         changes = dict(overrides.get(method, {}))
         if args.epochs is not None:
             changes.setdefault("epochs", args.epochs)
@@ -119,46 +127,77 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-root", type=Path, default=ROOT / "runs", help="run root holding (or receiving) the inputs")
     parser.add_argument("--subject", type=int, default=1)
-    parser.add_argument("--methods", default="reference,improved,ridge")
+    parser.add_argument("--methods", default="reference,improved,ridge",
+                        help="comma-separated: reference, improved, ridge, joint, improved-each")
+    parser.add_argument("--joint-subjects", default="1,2,3",
+                        help="subjects of the joint and improved-each methods (comma-separated, must include --subject)")
     parser.add_argument("--val-fraction", type=float, default=0.05,
                         help="validation share of the non-test images (0.05 leaves >= 1,000 training images of 1,200)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs for both FactorTopy modes (default: theirs)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs for every FactorTopy mode (default: theirs)")
     parser.add_argument("--set", action="append", default=[], metavar="MODE.KEY=JSON",
                         help='override a config key, e.g. improved.selector_lr=0.01 or improved.model={"scale_mode":"pyramid"}')
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: <run root>/bench/recovery.json)")
     args = parser.parse_args(argv)
     run_root = args.run_root.resolve()
-    ensure_inputs(run_root, args.subject)
+    methods = args.methods.split(",")
+    several = {"joint", "improved-each"} & set(methods)
+    numbers = [int(n) for n in args.joint_subjects.split(",")] if several else [args.subject]
+    if args.subject not in numbers:
+        parser.error(f"--joint-subjects {args.joint_subjects} must include --subject {args.subject}")
+    ensure_inputs(run_root, numbers)
     store = FeatureStore.open(runroot.feature_store_path(run_root, "demo", MODEL))
-    subject = load_subject("synthetic", args.subject, root=run_root, val_fraction=args.val_fraction)
-    truth = load_planted_truth(runroot.synthetic_root(run_root) / subject.name)
+    subjects = [load_subject("synthetic", n, root=run_root, val_fraction=args.val_fraction) for n in numbers]
+    truths = {s.name: load_planted_truth(runroot.synthetic_root(run_root) / s.name) for s in subjects}
+    subject = subjects[numbers.index(args.subject)]
     configs = method_configs(args)
     rows = {}
-    for method in args.methods.split(","):
+    for method in methods:
         started = time.perf_counter()
-        if method == "ridge":
-            fit = fit_ridge(store, subject, RidgeConfig())
-        else:
-            neighbours = (mesh_neighbours(subject.hemisphere, subject.fsaverage_index)
-                          if configs[method].smoothness_weight > 0 else None)
-            fit = fit_factortopy(store, subject, configs[method], checkpoint_dir=None, progress=False,
-                                 neighbours=neighbours)
+        fits = run_method(method, store, subject, subjects, configs)
         seconds = time.perf_counter() - started
-        rows[method] = {**recovery_scores(fit, truth), "seconds": seconds,
+        fit = fits[subject.name]
+        rows[method] = {**recovery_scores(fit, truths[subject.name]), "seconds": seconds,
                         "epochs_run": fit.metrics.get("epochs_run"), "best_epoch": fit.metrics.get("best_epoch"),
                         "warm_start_seconds": fit.metrics.get("warm_start_seconds"),
                         "history": getattr(fit, "history", None),
                         "config": fit.config}
-        print(f"{method}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[method].items()
-                                          if isinstance(v, float)), flush=True)
+        if len(fits) > 1:
+            each = [recovery_scores(f, truths[name]) for name, f in fits.items()]
+            rows[f"{method}-mean"] = {**{key: float(np.mean([row[key] for row in each])) for key in each[0]},
+                                      "seconds": seconds, "subjects": list(fits)}
+        for name in [method] + ([f"{method}-mean"] if len(fits) > 1 else []):
+            print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[name].items() if isinstance(v, float)),
+                  flush=True)
     header = {"subject": subject.name, "n_train": len(subject.splits["train"]), "n_val": len(subject.splits["val"]),
               "n_test": len(subject.splits["test"]), "n_vertices": subject.n_vertices, "n_layers": store.n_layers,
-              "mean_noise_ceiling": float(np.mean(truth.vertices["noise_ceiling"])), "targets": TARGETS}
+              "mean_noise_ceiling": float(np.mean(truths[subject.name].vertices["noise_ceiling"])), "targets": TARGETS}
     out = args.out or run_root / "bench" / "recovery.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setup": header, "results": rows}, indent=2, default=str))
     print(markdown_table(rows, header))
     return 0
+
+
+def run_method(method: str, store: FeatureStore, subject: Subject, subjects: list[Subject],
+               configs: dict[str, FitConfig]) -> dict[str, FitResult]:
+    """The fits of one benchmarked method, by subject name: ``subject`` alone, or every one of ``subjects``
+    for ``joint`` (one joint fit) and ``improved-each`` (one improved-mode fit each)."""
+    if method == "ridge":
+        return {subject.name: fit_ridge(store, subject, RidgeConfig())}
+    if method == "joint":
+        cfg = configs["joint"]
+        fits = fit_factortopy_multi(store, subjects, cfg, checkpoint_dir=None, progress=False,
+                                    neighbours=[_neighbours(cfg, s) for s in subjects])
+        return {fit.subject: fit for fit in fits}
+    if method == "improved-each":
+        return {s.name: fit_factortopy(store, s, configs["improved"], checkpoint_dir=None, progress=False,
+                                       neighbours=_neighbours(configs["improved"], s)) for s in subjects}
+    return {subject.name: fit_factortopy(store, subject, configs[method], checkpoint_dir=None, progress=False,
+                                         neighbours=_neighbours(configs[method], subject))}
+
+
+def _neighbours(cfg: FitConfig, subject: Subject) -> np.ndarray | None:
+    return mesh_neighbours(subject.hemisphere, subject.fsaverage_index) if cfg.smoothness_weight > 0 else None
 
 
 def markdown_table(rows: dict[str, dict], header: dict) -> str:

@@ -1,7 +1,8 @@
 """What the reporter reads: fit folders, synthetic planted truths, read-out weights and meshes.
 
-Fits live in ``<run root>/fits/<model>/<subject>[-<method>]/`` (a folder is a finished fit
-when it holds ``fit.json``); planted truths in ``<run root>/synthetic/subjNN/planted_truth.parquet``
+Fits live in ``<run root>/fits/<model>/<subject>[-<method>]/``, the subjects of a joint fit in
+``<run root>/fits/<model>/<subjA+subjB+...>/<subject>/`` (a folder is a finished fit when it
+holds ``fit.json``); planted truths in ``<run root>/synthetic/subjNN/planted_truth.parquet``
 (same per-vertex columns as a fit) with ``planted_truth.json`` beside it, read by the
 synthetic subject's own loader.
 """
@@ -31,7 +32,8 @@ class ReportInput:
     Attributes:
         fit: the per-vertex table and metadata.
         source: the fit folder or the planted-truth Parquet file.
-        slug: folder name of its figures, unique within the report (``<model>/<subject>-<method>``).
+        slug: folder name of its figures, unique within the report (``<model>/<subject>-<method>``;
+            joint fits ``<model>/<subjA+subjB+...>/<subject>-<method>``).
         readout: float array of shape (n_vertices, n_channels), the read-out W, when the fit saved one.
     """
 
@@ -43,10 +45,12 @@ class ReportInput:
 
 def discover_inputs(run_root: Path, paths: Sequence[str | Path] = ()) -> list[ReportInput]:
     """The inputs named by ``paths`` (fit folders or planted-truth files/folders), else every fit
-    under ``run_root/fits/*/*/`` and every planted truth under ``run_root/synthetic/subj*/``."""
+    under ``run_root/fits/*/*/`` (joint fits: ``run_root/fits/*/*/*/``) and every planted truth under
+    ``run_root/synthetic/subj*/``."""
     if paths:
         return [load_input(Path(path)) for path in paths]
-    found = sorted(p.parent for p in (run_root / "fits").glob(f"*/*/{FIT_JSON}"))
+    fits = run_root / "fits"
+    found = sorted(p.parent for pattern in (f"*/*/{FIT_JSON}", f"*/*/*/{FIT_JSON}") for p in fits.glob(pattern))
     found += sorted(p.parent for p in synthetic_root(run_root).glob(f"*/{TRUTH_TABLE}"))
     return [load_input(path) for path in found]
 
@@ -100,4 +104,13 @@ def load_report_meshes(inputs: Sequence[ReportInput], *, subjects_dir: Path | No
 
 
 def _slug(fit: FitResult) -> str:
-    return f"{safe_name(fit.model)}/{safe_name(fit.subject)}-{safe_name(fit.method)}"
+    subjects = joint_subjects(fit)
+    group = "+".join(safe_name(name) for name in subjects) + "/" if subjects else ""
+    return f"{safe_name(fit.model)}/{group}{safe_name(fit.subject)}-{safe_name(fit.method)}"
+
+
+def joint_subjects(fit: FitResult) -> list[str]:
+    """The subjects fitted together with ``fit`` (itself included), as its provenance records them; [] for a
+    fit of one subject."""
+    joint = fit.provenance.get("joint")
+    return list(joint.get("subjects", [])) if isinstance(joint, dict) else []

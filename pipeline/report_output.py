@@ -9,6 +9,7 @@ Layout::
     figures/average/<model>-<method>.png    subject averages (models with >= 2 subjects)
     figures/<model>/<subject>-<method>/     maps (<name>.png ...), roi_summary.{parquet,md},
                                             difference_vs_truth.png, gifti/<map>.<hemi>.func.gii
+    figures/<model>/<subjA+subjB+...>/<subject>-factortopy-joint/   the same for each subject of a joint fit
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from cache.errors import InvalidInputError
 from cache.provenance import environment_record
 from pipeline.config import config_to_dict
-from pipeline.report_inputs import ReportInput
+from pipeline.report_inputs import ReportInput, joint_subjects
 from pipeline.report_topchannels import top_channel_figures
 from stages.mesh import CorticalMesh
 from stages.report.clusters import cluster_channels
@@ -189,8 +190,16 @@ def _relative(root: Path, paths: dict[str, Path]) -> dict[str, str]:
 
 def _reproduce_fit(item: ReportInput) -> Iterable[str]:
     fit = item.fit
-    number = "".join(ch for ch in fit.subject if ch.isdigit()).lstrip("0") or fit.subject
+    number = _subject_number(fit.subject)
     if fit.method == "truth":
         return [f"bddn synth --subjects {number} --model {fit.model}"]
+    together = joint_subjects(fit)
+    if together:
+        numbers = " ".join(_subject_number(name) for name in together)
+        return [f"bddn fit --subjects {numbers} --model {fit.model}  # data and options: see config below"]
     method = "" if fit.method == "factortopy" else f" --method {fit.method}"
     return [f"bddn fit --subject {number} --model {fit.model}{method}  # data and options: see config below"]
+
+
+def _subject_number(name: str) -> str:
+    return "".join(ch for ch in name if ch.isdigit()).lstrip("0") or name

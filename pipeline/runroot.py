@@ -8,6 +8,7 @@ stages' results without being told.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from cache.errors import MissingInputError
@@ -62,6 +63,13 @@ def fit_dir(run_root: Path, model: str, subject: str, method: str = "factortopy"
     """``runs/fits/<model>/<subject>/`` for FactorTopy, ``.../<subject>-<method>/`` otherwise."""
     leaf = subject if method == "factortopy" else f"{subject}-{method}"
     return run_root / "fits" / safe_name(model) / safe_name(leaf)
+
+
+def joint_fit_dir(run_root: Path, model: str, subjects: Sequence[str], subject: str | None = None) -> Path:
+    """``runs/fits/<model>/<subjA+subjB+...>/``: a joint fit of several subjects (its checkpoint lives here),
+    with one fit folder per subject below it: ``.../<subjA+subjB+...>/<subject>/``."""
+    group = run_root / "fits" / safe_name(model) / "+".join(safe_name(name) for name in subjects)
+    return group if subject is None else group / safe_name(subject)
 
 
 def figures_dir(run_root: Path) -> Path:

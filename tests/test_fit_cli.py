@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from pipeline import cli, runroot
 from pipeline.commands import fit as fit_command
+from pipeline.report_inputs import discover_inputs
 from stages.fit.config import FitConfig, reference_preset
-from stages.fit.result import FIT_JSON, VERTEX_TABLE, WEIGHTS_FILE
+from stages.fit.result import FIT_JSON, VERTEX_TABLE, WEIGHTS_FILE, FitResult
 from train_fixtures import make_store, make_subject
 
 FAST = ["--epochs", "1", "--batch-size", "16", "--warm-start", "none", "--no-progress"]
@@ -96,3 +98,42 @@ def test_reference_preset_constants():
     assert cfg.warm_start == "none" and cfg.smoothness_weight == 0 and cfg.precision == "fp16"
     assert not cfg.normalise_layers
     assert cfg.fade_steps(1125) == 2000
+
+
+@pytest.fixture()
+def joint_root(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    store = make_store(runroot.feature_store_path(root, "demo", "fake"), n_images=64)
+    subjects = {key: replace(make_subject(store, n_vertices=4 + key, seed=key)[0], name=f"subj{key:02d}")
+                for key in (1, 2)}
+    monkeypatch.setattr(fit_command, "load_subject", lambda data, key, **kwargs: subjects[key])
+    return root
+
+
+def test_subjects_fit_jointly_into_one_folder_each(joint_root, capsys):
+    status = cli.main(["--run-root", str(joint_root), "fit", "--model", "fake", "--subjects", "1", "2", *FAST])
+    assert status == 0, capsys.readouterr().err
+    group = runroot.joint_fit_dir(joint_root, "fake", ["subj01", "subj02"])
+    assert group == joint_root / "fits" / "fake" / "subj01+subj02"
+    assert sorted(p.name for p in group.iterdir()) == ["subj01", "subj02"]  # the checkpoint is gone
+    for number, name in ((1, "subj01"), (2, "subj02")):
+        fit = FitResult.load(group / name)
+        assert fit.method == "factortopy-joint" and fit.n_vertices == 4 + number
+        assert fit.provenance["joint"]["subjects"] == ["subj01", "subj02"]
+        assert fit.config["epochs"] == 1
+    out = capsys.readouterr().out
+    assert "subj01+subj02/subj01" in out and "subj01+subj02/subj02" in out
+    inputs = discover_inputs(joint_root)
+    assert [item.slug for item in inputs] == ["fake/subj01+subj02/subj01-factortopy-joint",
+                                              "fake/subj01+subj02/subj02-factortopy-joint"]
+
+
+def test_subjects_bad_requests_are_one_line_errors(joint_root, capsys):
+    assert cli.main(["--run-root", str(joint_root), "fit", "--model", "fake", "--subjects", "1", *FAST]) == 2
+    assert "two or more subjects" in capsys.readouterr().err
+    assert cli.main(["--run-root", str(joint_root), "fit", "--model", "fake", "--subjects", "1", "2",
+                     "--method", "ridge", *FAST]) == 2
+    assert "--subject" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--run-root", str(joint_root), "fit", "--subject", "1", "--subjects", "1", "2", *FAST])
+    assert "not allowed with argument" in capsys.readouterr().err

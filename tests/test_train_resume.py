@@ -13,18 +13,13 @@ import pytest
 import torch
 
 from cache.errors import ConfigError, StoreMismatchError
-from stages.fit import train as train_module
 from stages.fit.checkpoint import CHECKPOINT_JSON
 from stages.fit.config import FitConfig
 from stages.fit.train import fit_factortopy
-from train_fixtures import make_store, make_subject
+from train_fixtures import Killed, interrupt_after_first_checkpoint, make_store, make_subject
 
 CFG = FitConfig(epochs=2, batch_size=16, warm_start="none", eval_batch_size=32, resident="off", shuffle_buffer=24)
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Killed(Exception):
-    pass
 
 
 @pytest.fixture()
@@ -40,23 +35,11 @@ def _assert_same(a, b):
     np.testing.assert_array_equal(a.vertices["r2_test"], b.vertices["r2_test"])
 
 
-def _interrupt_after_first_checkpoint(monkeypatch):
-    real = train_module.save_checkpoint
-
-    def save_then_die(directory, **kwargs):
-        path = real(directory, **kwargs)
-        if kwargs["state"].epoch == 1:
-            raise Killed()
-        return path
-
-    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
-
-
 def test_resume_after_interruption_equals_uninterrupted(inputs, tmp_path, monkeypatch):
     store, subject = inputs
     straight = fit_factortopy(store, subject, CFG, checkpoint_dir=tmp_path / "straight", progress=False)
     with monkeypatch.context() as patch:
-        _interrupt_after_first_checkpoint(patch)
+        interrupt_after_first_checkpoint(patch)
         with pytest.raises(Killed):
             fit_factortopy(store, subject, CFG, checkpoint_dir=tmp_path / "ck", progress=False)
     assert (tmp_path / "ck" / CHECKPOINT_JSON).is_file()
@@ -68,7 +51,7 @@ def test_resume_after_interruption_equals_uninterrupted(inputs, tmp_path, monkey
 def test_resume_refuses_other_layers_or_config(inputs, tmp_path, monkeypatch):
     store, subject = inputs
     with monkeypatch.context() as patch:
-        _interrupt_after_first_checkpoint(patch)
+        interrupt_after_first_checkpoint(patch)
         with pytest.raises(Killed):
             fit_factortopy(store, subject, CFG, checkpoint_dir=tmp_path / "ck", progress=False)
     from dataclasses import replace

@@ -7,6 +7,7 @@ import torch
 
 from stages.fit.factortopy import FactorTopy, FactorTopyConfig
 from stages.fit.ridge import score_targets
+from stages.fit import warmstart
 from stages.fit.warmstart import cell_scores, centre_targets, fit_selectors
 from train_fixtures import make_store, make_subject
 
@@ -22,6 +23,30 @@ def test_cell_scores_find_the_planted_cells(tmp_path):
     centres = centre_targets(scores, 8)
     expected = (2 * truth["cells"] + 1) / 8 - 1
     assert np.abs(centres - expected).max() < 0.25
+
+
+def test_cell_scores_equal_the_explicit_residuals_in_any_vertex_block(tmp_path, monkeypatch):
+    """Scored in blocks of 3 vertices, the scores equal 1 - |y - x w|^2 / |y|^2 computed in full."""
+    store = make_store(tmp_path / "features.zarr", n_images=120, channels=(6, 8))
+    subject, truth = make_subject(store, n_vertices=8, noise=0.5, n_val=8, n_test=8)
+    whole = cell_scores(store, subject, layer_indices=[0, 1], best_layer=truth["layers"], grid=8, n_components=4)
+    monkeypatch.setattr(warmstart, "VERTEX_BLOCK", 3)
+    blocked = cell_scores(store, subject, layer_indices=[0, 1], best_layer=truth["layers"], grid=8, n_components=4)
+    np.testing.assert_allclose(blocked, whole, atol=1e-6)
+    train = subject.splits["train"]
+    rng = np.random.default_rng(0)
+    projection = rng.standard_normal((6, 4)).astype(np.float32)        # layer 0 is drawn first (sorted slots)
+    local = np.zeros((len(train), 6, 8, 8), np.float32)
+    for batch in store.iter_batches(subject.stimulus_ids[train], batch_size=256, grid=8):
+        local[batch.positions] = batch.local[0]
+    vertex = int(np.flatnonzero(truth["layers"] == 0)[0])
+    y = subject.responses[train][:, vertex].astype(np.float64)
+    y = y - y.mean()
+    for cell in (0, 27):
+        x = (local.reshape(len(local), 6, 64)[:, :, cell] @ projection).astype(np.float64)
+        x = (x - x.mean(axis=0)) / x.std(axis=0, ddof=1)
+        w = np.linalg.solve(x.T @ x + len(y) * np.eye(4), x.T @ y)
+        np.testing.assert_allclose(blocked[vertex, cell], 1 - ((y - x @ w) ** 2).sum() / (y ** 2).sum(), atol=1e-5)
 
 
 def test_centre_targets_is_a_weighted_centroid():
@@ -47,7 +72,7 @@ def test_fit_selectors_reaches_targets():
     layer = np.eye(3, dtype=np.float32)[np.arange(30) % 3] * 0.9 + 0.1 / 3
     space = np.stack([np.linspace(-0.6, 0.6, 30), np.full(30, 0.3)], axis=1).astype(np.float32)
     scale_before = model.selections().scale.detach().clone()
-    fit_selectors(model, layer_targets=layer, space_targets=space, steps=300, lr=1e-2)
+    fit_selectors(model, layer_targets=[layer], space_targets=[space], steps=300, lr=1e-2)
     chosen = model.selections()
     assert (chosen.layer_weights.argmax(dim=1).numpy() == np.arange(30) % 3).mean() > 0.9
     assert np.abs(chosen.space.detach().numpy() - space).mean() < 0.1

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cache.store import FeatureStore, StoreLayout
+from stages.fit import train as train_module
 from stages.subject import Subject
 
 CHANNELS = (4, 6, 8)
@@ -66,3 +67,20 @@ def make_subject(store: FeatureStore, *, n_vertices: int = 12, noise: float = 0.
                       splits=splits, split_seed=seed, noise_ceiling=np.full(n_vertices, 0.8, np.float32),
                       mesh="fsaverage5", source={"reader": "test"})
     return subject, {"layers": layers, "cells": cells}
+
+
+class Killed(Exception):
+    """Raised by :func:`interrupt_after_first_checkpoint` in place of a crash."""
+
+
+def interrupt_after_first_checkpoint(monkeypatch) -> None:
+    """Make training die (:class:`Killed`) right after writing its first epoch's checkpoint."""
+    real = train_module.save_checkpoint
+
+    def save_then_die(directory, **kwargs):
+        path = real(directory, **kwargs)
+        if kwargs["state"].epoch == 1:
+            raise Killed()
+        return path
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)

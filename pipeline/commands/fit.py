@@ -1,4 +1,5 @@
-"""``bddn fit``: stage two, fit one subject's responses from a feature store (FactorTopy or ridge baselines)."""
+"""``bddn fit``: stage two, fit one subject's responses from a feature store (FactorTopy or ridge baselines),
+or several subjects jointly (``--subjects``: FactorTopy with shared selectors, one read-out each)."""
 
 from __future__ import annotations
 
@@ -9,27 +10,39 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cache.errors import MissingInputError
+import numpy as np
+
+from cache.errors import ConfigError, MissingInputError
 from cache.store import FeatureStore
 from pipeline import runroot
 from pipeline.config import build_config, load_toml
 from pipeline.subjects import list_subject_readers, load_subject
 from stages.fit.config import FitConfig, config_record, reference_preset
-from stages.fit.result import FIT_JSON
+from stages.fit.multisubject import fit_factortopy_multi
+from stages.fit.result import FIT_JSON, FitResult
 from stages.fit.train import fit_factortopy
+from stages.subject import Subject
 
 NAME = "fit"
 HELP = ("stage two: fit a subject's responses from a model's feature store and write "
-        "<run root>/fits/<model>/<subject>[-<method>]/ (per-vertex table, weights, metrics)")
+        "<run root>/fits/<model>/<subject>[-<method>]/ (per-vertex table, weights, metrics); with --subjects, fit "
+        "several subjects jointly (shared selectors, one read-out each) into "
+        "<run root>/fits/<model>/<subjA+subjB+...>/<subject>/")
 METHODS = ("factortopy", "ridge", "banded-ridge")
 CHECKPOINT_FOLDER = "checkpoint"
+DEFAULT_SUBJECT = "1"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bddn fit``; unset options fall back to the preset, then the config defaults."""
     defaults = FitConfig()
     data = parser.add_argument_group("data")
-    data.add_argument("--subject", default="1", help="subject number (1 -> subj01) or name (default 1)")
+    who = data.add_mutually_exclusive_group()
+    who.add_argument("--subject", default=None, help="subject number (1 -> subj01) or name (default 1)")
+    who.add_argument("--subjects", nargs="+", default=None, metavar="SUBJECT",
+                     help="two or more subjects fitted jointly (FactorTopy only): shared bottlenecks and selectors, "
+                          "one read-out per subject (the paper's subject-average map), one image set for all; "
+                          "each subject's fit goes to <run root>/fits/<model>/<subjA+subjB+...>/<subject>/")
     data.add_argument("--data", default="synthetic", choices=[reader.name for reader in list_subject_readers()],
                       help="kind of subject data (default synthetic: the subjects written by `bddn synth`)")
     data.add_argument("--root", type=Path, default=None,
@@ -84,33 +97,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the subject and the store, fit, write the fit folder."""
+    """Load the subject(s) and the store, fit, write the fit folder(s)."""
     run_root = runroot.resolve_run_root(args.run_root)
     preset = load_toml(args.config) if args.config else {}
     data_root = args.root or (run_root if args.data == "synthetic" else None)
     if data_root is None:
         raise MissingInputError(f"--data {args.data} needs --root: the folder holding the subject data")
-    subject = load_subject(args.data, _subject_key(args.subject), root=data_root, split_seed=args.split_seed,
-                           val_fraction=args.val_fraction)
-    store_path = runroot.feature_store_path(run_root, args.imageset, args.model)
-    if not store_path.exists():
-        raise MissingInputError(f"no feature store for model {args.model!r} and image set {args.imageset!r} at "
-                                f"{store_path}; run `bddn features --model {args.model} --imageset {args.imageset}` first")
-    store = FeatureStore.open(store_path)
+    if args.subjects is not None:
+        return run_joint(args, run_root, preset, data_root)
+    subject = _load_subject(args, args.subject or DEFAULT_SUBJECT, data_root)
+    store = _open_store(args, run_root)
     out = runroot.fit_dir(run_root, args.model, subject.name, args.method)
     (out / FIT_JSON).unlink(missing_ok=True)
     started = time.perf_counter()
     if args.method == "factortopy":
         cfg = fit_config(args, preset)
-        checkpoint = out / CHECKPOINT_FOLDER
-        if args.restart:
-            shutil.rmtree(checkpoint, ignore_errors=True)
-        neighbours = None
-        if cfg.smoothness_weight > 0:
-            from pipeline.surfaces import mesh_neighbours
-            neighbours = mesh_neighbours(subject.hemisphere, subject.fsaverage_index)
+        checkpoint = _checkpoint_folder(out, restart=args.restart)
         result = fit_factortopy(store, subject, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
-                                neighbours=neighbours)
+                                neighbours=_neighbours(cfg, subject))
         result.save(out)
         shutil.rmtree(checkpoint, ignore_errors=True)
     else:
@@ -120,10 +124,35 @@ def run(args: argparse.Namespace) -> int:
                                  where="ridge config")
         result = fit_ridge(store, subject, ridge_cfg)
         result.save(out)
+    _print_done(result, args.model, out, time.perf_counter() - started)
+    return 0
+
+
+def run_joint(args: argparse.Namespace, run_root: Path, preset: dict[str, Any], data_root: Path) -> int:
+    """``--subjects``: one FactorTopy model for every listed subject; each subject's fit is written to
+    ``<run root>/fits/<model>/<subjA+subjB+...>/<subject>/``."""
+    if args.method != "factortopy":
+        raise ConfigError(f"--subjects fits FactorTopy jointly; --method {args.method} fits one subject at a time: "
+                          "use --subject")
+    if len(args.subjects) < 2:
+        raise ConfigError(f"--subjects needs two or more subjects, got {args.subjects}; use --subject for one")
+    subjects = [_load_subject(args, key, data_root) for key in args.subjects]
+    store = _open_store(args, run_root)
+    names = [subject.name for subject in subjects]
+    group = runroot.joint_fit_dir(run_root, args.model, names)
+    for name in names:
+        (runroot.joint_fit_dir(run_root, args.model, names, name) / FIT_JSON).unlink(missing_ok=True)
+    started = time.perf_counter()
+    cfg = fit_config(args, preset)
+    checkpoint = _checkpoint_folder(group, restart=args.restart)
+    results = fit_factortopy_multi(store, subjects, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
+                                   neighbours=[_neighbours(cfg, subject) for subject in subjects])
+    for result in results:
+        result.save(runroot.joint_fit_dir(run_root, args.model, names, result.subject))
+    shutil.rmtree(checkpoint, ignore_errors=True)
     seconds = time.perf_counter() - started
-    scores = ", ".join(f"{key} {value:.3f}" for key, value in result.metrics.items()
-                       if key in ("mean_r2_val", "mean_r2_test", "median_r2_test_nc") and value == value)
-    print(f"bddn fit: {args.method} fit of {subject.name} on {args.model} in {seconds:.0f} s ({scores}) -> {out}")
+    for result in results:
+        _print_done(result, args.model, runroot.joint_fit_dir(run_root, args.model, names, result.subject), seconds)
     return 0
 
 
@@ -140,6 +169,41 @@ def fit_config(args: argparse.Namespace, preset: dict[str, Any]) -> FitConfig:
         overrides["model"] = _merged(config_record(base)["model"], overrides["model"])
     checked = build_config(FitConfig, overrides, where="fit config")
     return dataclasses.replace(base, **{key: getattr(checked, key) for key in overrides})
+
+
+def _load_subject(args: argparse.Namespace, key: str, data_root: Path) -> Subject:
+    return load_subject(args.data, _subject_key(key), root=data_root, split_seed=args.split_seed,
+                        val_fraction=args.val_fraction)
+
+
+def _open_store(args: argparse.Namespace, run_root: Path) -> FeatureStore:
+    store_path = runroot.feature_store_path(run_root, args.imageset, args.model)
+    if not store_path.exists():
+        raise MissingInputError(f"no feature store for model {args.model!r} and image set {args.imageset!r} at "
+                                f"{store_path}; run `bddn features --model {args.model} --imageset {args.imageset}` first")
+    return FeatureStore.open(store_path)
+
+
+def _checkpoint_folder(fit_folder: Path, *, restart: bool) -> Path:
+    """The fit's checkpoint folder, emptied first with ``--restart``."""
+    checkpoint = fit_folder / CHECKPOINT_FOLDER
+    if restart:
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return checkpoint
+
+
+def _neighbours(cfg: FitConfig, subject: Subject) -> np.ndarray | None:
+    """Mesh neighbour pairs of the subject's vertices when the smoothness penalty is on."""
+    if cfg.smoothness_weight <= 0:
+        return None
+    from pipeline.surfaces import mesh_neighbours
+    return mesh_neighbours(subject.hemisphere, subject.fsaverage_index)
+
+
+def _print_done(result: FitResult, model: str, out: Path, seconds: float) -> None:
+    scores = ", ".join(f"{key} {value:.3f}" for key, value in result.metrics.items()
+                       if key in ("mean_r2_val", "mean_r2_test", "median_r2_test_nc") and value == value)
+    print(f"bddn fit: {result.method} fit of {result.subject} on {model} in {seconds:.0f} s ({scores}) -> {out}")
 
 
 def _ridge_defaults(ridge_config: type, method: str) -> dict[str, Any]:

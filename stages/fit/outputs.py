@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from cache.provenance import environment_record
 from stages.fit.config import FitConfig, config_record
+from stages.fit.inputs import store_model_id
 from stages.fit.metrics import noise_normalised, pearson_r, r2_score
 from stages.fit.result import WEIGHTS_FILE, FitResult, layer_summary, layer_weight_column
 from stages.subject import Subject
@@ -113,7 +114,7 @@ def score_summary(columns: dict[str, np.ndarray]) -> dict[str, float]:
 def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: FitConfig, *,
                      layer_names: tuple[str, ...], predictions: dict[str, np.ndarray],
                      targets: dict[str, np.ndarray], standardisation: Any, history: list[dict[str, Any]],
-                     summary: dict[str, Any]) -> TrainedFit:
+                     summary: dict[str, Any], subject_index: int = 0) -> TrainedFit:
     """Assemble the per-vertex table, metrics, config and provenance of a trained FactorTopy fit.
 
     Args:
@@ -126,9 +127,10 @@ def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: 
         standardisation: the training mean/std used to z-score (recorded per vertex).
         history: per-epoch metrics.
         summary: run facts (epochs, timings, device, precision...).
+        subject_index: which of the model's subjects ``subject`` is (its read-out and vertices).
     """
     with torch.no_grad():
-        chosen = model.selections()
+        chosen = model.selections(subject=subject_index)
         weights = chosen.layer_weights.float().cpu().numpy()
         space = chosen.space.float().cpu().numpy()
         scale = chosen.scale.float().cpu().numpy()
@@ -150,8 +152,15 @@ def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: 
                   "subject": {"name": subject.name, "source": dict(subject.source), "split_seed": subject.split_seed,
                               "n_images": subject.n_images, "n_vertices": subject.n_vertices, "mesh": subject.mesh},
                   "seed": cfg.seed}
-    model_record = store.provenance.get("model")
-    model_id = str(model_record.get("model_id", "")) if isinstance(model_record, dict) else str(model_record or "")
-    return TrainedFit(method="factortopy", subject=subject.name, model=model_id, layer_names=tuple(layer_names),
-                      vertices=vertices, metrics=metrics, config=config_record(cfg), provenance=provenance,
-                      weights={k: v.detach().cpu() for k, v in model.state_dict().items()}, history=list(history))
+    return TrainedFit(method="factortopy", subject=subject.name, model=store_model_id(store),
+                      layer_names=tuple(layer_names), vertices=vertices, metrics=metrics, config=config_record(cfg),
+                      provenance=provenance, weights=subject_weights(model.state_dict(), subject_index),
+                      history=list(history))
+
+
+def subject_weights(state: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """One subject's view of a model's state dict, as a single-subject model's: the shared bottlenecks and
+    selectors plus read-out ``index`` renamed ``readouts.0`` (CPU tensors); the other read-outs are left out."""
+    own = f"readouts.{index}."
+    return {("readouts.0." + key[len(own):] if key.startswith(own) else key): value.detach().cpu()
+            for key, value in state.items() if key.startswith(own) or not key.startswith("readouts.")}

@@ -58,7 +58,8 @@ class FitResult:
     """Per-vertex selections and scores of one fit.
 
     Attributes:
-        method: ``"factortopy"``, ``"ridge"``, ``"banded-ridge"`` or ``"truth"``.
+        method: ``"factortopy"``, ``"factortopy-joint"`` (one subject of a joint fit, see
+            ``stages.fit.multisubject``), ``"ridge"``, ``"banded-ridge"`` or ``"truth"``.
         subject: subject label.
         model: feature model id.
         layer_names: names of the layers the weights refer to.

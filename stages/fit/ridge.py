@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from cache.errors import ConfigError
 from cache.provenance import environment_record
 from cache.store import FeatureStore
+from stages.fit.config import FitConfig
+from stages.fit.inputs import check_inputs, store_model_id
 from stages.fit.outputs import score_columns, score_summary, vertex_columns
 from stages.fit.result import FitResult
 from stages.fit.ridge_solver import (
@@ -207,10 +209,6 @@ def score_layers(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> np.
 def _features(store: FeatureStore, subject: Subject, cfg: RidgeConfig
               ) -> tuple[dict[str, list[torch.Tensor]], tuple[str, ...]]:
     """Normalised features per set and layer, tensors of shape (n_images, n_features_l), in subject row order."""
-    # Imported here: the training module uses score_layers for its warm start.
-    from stages.fit.config import FitConfig
-    from stages.fit.train import check_inputs
-
     grid = cfg.grid if cfg.grid is not None else (8 if 8 in store.grids else min(store.grids))
     layer_indices = check_inputs(store, subject, FitConfig(layers=cfg.layers, grid=grid, batch_size=2))
     blocks: dict[str, list[list[torch.Tensor]]] = {name: [[] for _ in layer_indices] for name in FEATURE_SETS}
@@ -279,13 +277,11 @@ def _result(store: FeatureStore, subject: Subject, cfg: RidgeConfig, layer_names
     vertices.update(scores)
     metrics = {**score_summary(scores), "mean_cv_r2": float(np.mean(best.score)),
                "split_sizes": {name: int(len(rows)) for name, rows in subject.splits.items()}}
-    model = store.provenance.get("model", "")
-    model_id = str(model.get("model_id", "")) if isinstance(model, dict) else str(model)
     provenance = {"environment": environment_record(),
                   "store": {"path": str(store.path), "provenance": store.provenance},
                   "subject": {"name": subject.name, "source": dict(subject.source), "split_seed": subject.split_seed,
                               "n_images": subject.n_images, "n_vertices": subject.n_vertices, "mesh": subject.mesh},
                   "seed": cfg.seed}
     config = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(cfg).items()}
-    return FitResult(method=cfg.method, subject=subject.name, model=model_id, layer_names=layer_names,
+    return FitResult(method=cfg.method, subject=subject.name, model=store_model_id(store), layer_names=layer_names,
                      vertices=vertices, metrics=metrics, config=config, provenance=provenance)

@@ -1,19 +1,23 @@
-"""Train FactorTopy on one subject from a feature store: the stage-two loop.
+"""Train FactorTopy from a feature store: the stage-two loop, for one subject or several at once.
 
-``fit_factortopy`` checks every input before any training (store coverage, layer
-lists, NaN, split sizes), z-scores responses with training statistics, trains with
-AdamW (separate selector learning rate), the fading entropy/scale prior, gradient
-clipping and mixed precision on GPU, evaluates validation R^2 after every epoch for
-early stopping, checkpoints every epoch (resuming from the last one when the
-folder already holds a compatible checkpoint) and returns the best epoch's model
-as a :class:`~stages.fit.result.FitResult`.
+``fit_factortopy`` fits one subject; ``train_factortopy`` is the loop itself, for one or
+several subjects sharing bottlenecks and selectors (each with its own read-out; see
+``stages.fit.multisubject``). It checks every input before any training (store
+coverage, layer lists, NaN, split sizes), z-scores each subject's responses with its
+training statistics, trains with AdamW (separate selector learning rate), the fading
+entropy/scale prior, gradient clipping and mixed precision on GPU, each step on a batch
+of one subject (subjects interleaved in a seeded order, in proportion to their training
+images), evaluates validation R^2 after every epoch (averaged over subjects) for early
+stopping, checkpoints every epoch (resuming from the last one when the folder already
+holds a compatible checkpoint) and keeps the best epoch's model.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +25,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from cache.errors import InvalidInputError, StoreMismatchError
+from cache.errors import InvalidInputError
 from cache.provenance import hash_strings
 from cache.store import FeatureStore
 from stages.fit.checkpoint import TrainState, has_checkpoint, restore_checkpoint, save_checkpoint
 from stages.fit.config import FitConfig, config_record
 from stages.fit.factortopy import FactorTopy
+from stages.fit.inputs import check_inputs, check_stores
 from stages.fit.metrics import r2_score
 from stages.fit.objective import prior_weight, regression_loss, smoothness_penalty
-from stages.fit.outputs import build_fit_result
+from stages.fit.outputs import TrainedFit, build_fit_result
 from stages.fit.result import FitResult
-from stages.fit.streaming import feature_scales, open_features
+from stages.fit.streaming import Batch, feature_scales, open_features
 from stages.fit.warmstart import warm_start
 from stages.subject import Subject
 
@@ -55,6 +60,56 @@ class Standardisation:
         return ((responses - self.mean) / self.std).astype(np.float32)
 
 
+@dataclass
+class SubjectPart:
+    """One subject's share of a training run.
+
+    Attributes:
+        subject, store: the subject and the feature store holding its images.
+        standardisation: its training mean/std (targets are z-scored with them).
+        sources: split name -> feature source serving its images and z-scored targets.
+        edges: int64 tensor of shape (n_edges, 2) of neighbouring vertices, or None.
+        predictions: after training, ``"val"``/``"test"`` -> array of shape (n_images_split, n_vertices).
+    """
+
+    subject: Subject
+    store: FeatureStore
+    standardisation: Standardisation
+    sources: dict[str, Any]
+    edges: torch.Tensor | None
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class TrainedModel:
+    """A trained FactorTopy model (the best epoch's weights loaded) and every subject's part of the run.
+
+    Attributes:
+        model: the model, one read-out per subject.
+        cfg: the training config.
+        layer_names: the store layers the model uses, in order.
+        parts: one :class:`SubjectPart` per subject, in the model's subject order.
+        history: per-epoch metrics.
+        summary: run facts (epochs, timings, device, precision, warm start...).
+    """
+
+    model: FactorTopy
+    cfg: FitConfig
+    layer_names: tuple[str, ...]
+    parts: list[SubjectPart]
+    history: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+    def result(self, index: int = 0) -> TrainedFit:
+        """The fit of subject ``index``: its selections, read-out, held-out scores, config and provenance."""
+        part = self.parts[index]
+        return build_fit_result(self.model, part.subject, part.store, self.cfg, layer_names=self.layer_names,
+                                predictions=part.predictions,
+                                targets={name: part.sources[name].targets for name in part.predictions},
+                                standardisation=part.standardisation, history=self.history, summary=self.summary,
+                                subject_index=index)
+
+
 def fit_factortopy(store: FeatureStore, subject: Subject, cfg: FitConfig, *, checkpoint_dir: Path | None,
                    progress: bool = True, neighbours: np.ndarray | None = None) -> FitResult:
     """Fit FactorTopy to ``subject`` from ``store``'s features.
@@ -72,46 +127,67 @@ def fit_factortopy(store: FeatureStore, subject: Subject, cfg: FitConfig, *, che
     Returns:
         the fit's per-vertex selections and validation/test scores, with config and provenance.
     """
-    layer_indices = check_inputs(store, subject, cfg, neighbours=neighbours)
-    layer_names = tuple(store.layer_names[i] for i in layer_indices)
+    return train_factortopy([store], [subject], cfg, checkpoint_dir=checkpoint_dir, progress=progress,
+                            neighbours=[neighbours]).result(0)
+
+
+def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject], cfg: FitConfig, *,
+                     checkpoint_dir: Path | None, progress: bool = True,
+                     neighbours: Sequence[np.ndarray | None] | None = None) -> TrainedModel:
+    """Train one FactorTopy model on ``subjects``: shared bottlenecks and selectors, one read-out each.
+
+    Args:
+        stores: per subject, the feature store holding its images (same model and layers).
+        subjects: one or more subjects; their sphere coordinates must share one space (fsaverage).
+        cfg: training settings.
+        checkpoint_dir: folder for per-epoch checkpoints (resumed when compatible), or None.
+        progress: show a progress bar.
+        neighbours: per subject, int64 array of shape (n_edges, 2) of neighbouring vertex
+            pairs for ``cfg.smoothness_weight``, or None.
+
+    Returns:
+        the trained model with each subject's standardisation and held-out predictions.
+    """
+    neighbours = [None] * len(subjects) if neighbours is None else list(neighbours)
+    if not subjects or not len(stores) == len(subjects) == len(neighbours):
+        raise InvalidInputError(f"training needs >= 1 subject and one store and one neighbour set per subject; got "
+                                f"{len(subjects)} subjects, {len(stores)} stores, {len(neighbours)} neighbour sets")
+    check_stores(stores)
+    layer_indices = [check_inputs(store, subject, cfg, neighbours=pairs)
+                     for store, subject, pairs in zip(stores, subjects, neighbours)][0]
+    layer_names = tuple(stores[0].layer_names[i] for i in layer_indices)
     device = resolve_device(cfg.device)
-    standard = standardise(subject.responses, subject.splits["train"])
-    targets = standard.apply(subject.responses)
-    scales = (feature_scales(store, subject.stimulus_ids[subject.splits["train"]], layer_indices=layer_indices,
-                             grid=cfg.grid) if cfg.normalise_layers else None)
-    sources = {name: open_features(store, subject.stimulus_ids[rows], targets[rows], layer_indices=layer_indices,
-                                   grid=cfg.grid, device=device, resident=cfg.resident,
-                                   shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch, scales=scales)
-               for name, rows in subject.splits.items() if len(rows)}
+    scales = shared_feature_scales(stores, subjects, layer_indices=layer_indices, grid=cfg.grid) \
+        if cfg.normalise_layers else None
+    parts = [prepare_subject(store, subject, cfg, layer_indices=layer_indices, device=device, scales=scales,
+                             neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)]
     torch.manual_seed(cfg.seed)
-    model = FactorTopy(n_channels=[store.n_channels[i] for i in layer_indices], grid=cfg.grid,
-                       coords=torch.from_numpy(np.asarray(subject.sphere_coords, dtype=np.float32)),
+    model = FactorTopy(n_channels=[stores[0].n_channels[i] for i in layer_indices], grid=cfg.grid,
+                       coords=[torch.from_numpy(np.asarray(s.sphere_coords, dtype=np.float32)) for s in subjects],
                        cfg=cfg.model).to(device)
     optimiser = build_optimiser(model, cfg)
     autocast_dtype = autocast_dtype_for(cfg.precision, device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
-    identity = fit_identity(store, subject, cfg, layer_names)
+    identity = fit_identity(stores, subjects, cfg, layer_names)
     if has_checkpoint(checkpoint_dir):
         state, best = restore_checkpoint(checkpoint_dir, identity=identity, model=model, optimiser=optimiser,
                                          scaler=scaler)
     else:
-        state, best = TrainState(), _copy_state(model)
-        state.notes = warm_start(model, store, subject, mode=cfg.warm_start, layer_indices=layer_indices, grid=cfg.grid,
-                                 temperature=cfg.warm_start_temperature, seed=cfg.seed)
+        state = TrainState()
+        state.notes = warm_start(model, stores, subjects, mode=cfg.warm_start, layer_indices=layer_indices,
+                                 grid=cfg.grid, temperature=cfg.warm_start_temperature, seed=cfg.seed)
         best = _copy_state(model)
     model.selectors.layer.requires_grad_(cfg.layer_lr != 0)
-    edges = None if neighbours is None else torch.as_tensor(neighbours, dtype=torch.long, device=device)
-    train = sources["train"]
-    steps_per_epoch = math.ceil(train.n_images / cfg.batch_size)
+    train = [part.sources["train"] for part in parts]
+    steps_per_epoch = sum(math.ceil(source.n_images / cfg.batch_size) for source in train)
     fade_steps = cfg.fade_steps(steps_per_epoch)
     bar = tqdm(total=cfg.epochs * steps_per_epoch, initial=state.epoch * steps_per_epoch, disable=not progress,
-               desc=f"fit {subject.name}", unit="step", dynamic_ncols=True)
+               desc=f"fit {'+'.join(subject.name for subject in subjects)}", unit="step", dynamic_ncols=True)
     started = time.perf_counter()
     while state.epoch < cfg.epochs and not state.stopped_early:
         row = train_epoch(model, train, optimiser, scaler, state, cfg, autocast_dtype=autocast_dtype,
-                          fade_steps=fade_steps, edges=edges, bar=bar)
-        row["val_r2"] = float(np.mean(r2_score(predict(model, sources["val"], cfg, autocast_dtype),
-                                               sources["val"].targets)))
+                          fade_steps=fade_steps, edges=[part.edges for part in parts], bar=bar)
+        row.update(validation_scores(model, parts, cfg, autocast_dtype))
         state.history.append({**row, **selection_summary(model)})
         if row["val_r2"] > state.best_val_r2:
             state.best_val_r2, state.best_epoch, best = row["val_r2"], state.epoch, _copy_state(model)
@@ -123,21 +199,63 @@ def fit_factortopy(store: FeatureStore, subject: Subject, cfg: FitConfig, *, che
                             optimiser=optimiser, scaler=scaler)
     bar.close()
     model.load_state_dict(best)
-    predictions = {name: predict(model, source, cfg, autocast_dtype) for name, source in sources.items()
-                   if name in ("val", "test")}
-    targets_by_split = {name: sources[name].targets for name in predictions}
+    for index, part in enumerate(parts):
+        part.predictions = {name: predict(model, source, cfg, autocast_dtype, subject=index)
+                            for name, source in part.sources.items() if name in ("val", "test")}
     summary = {"epochs_run": state.epoch, "best_epoch": state.best_epoch, "steps": state.step,
                "stopped_early": state.stopped_early, "train_seconds": time.perf_counter() - started,
                "device": str(device), "precision": str(autocast_dtype).replace("torch.", "") if autocast_dtype else "float32",
-               "resident": type(train).__name__ == "ResidentFeatures", "fade_steps": fade_steps,
-               "feature_scales": scales, **state.notes}
-    return build_fit_result(model, subject, store, cfg, layer_names=layer_names, predictions=predictions,
-                            targets=targets_by_split, standardisation=standard, history=state.history,
-                            summary=summary)
+               "resident": all(type(source).__name__ == "ResidentFeatures" for source in train),
+               "fade_steps": fade_steps, "feature_scales": scales, **state.notes}
+    return TrainedModel(model=model, cfg=cfg, layer_names=layer_names, parts=parts, history=state.history,
+                        summary=summary)
+
+
+def prepare_subject(store: FeatureStore, subject: Subject, cfg: FitConfig, *, layer_indices: Sequence[int],
+                    device: torch.device, scales: Sequence[tuple[float, float]] | None,
+                    neighbours: np.ndarray | None) -> SubjectPart:
+    """Z-score ``subject``'s responses with its training statistics and open a feature source per split."""
+    standard = standardise(subject.responses, subject.splits["train"])
+    targets = standard.apply(subject.responses)
+    sources = {name: open_features(store, subject.stimulus_ids[rows], targets[rows], layer_indices=layer_indices,
+                                   grid=cfg.grid, device=device, resident=cfg.resident,
+                                   shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch, scales=scales)
+               for name, rows in subject.splits.items() if len(rows)}
+    edges = None if neighbours is None else torch.as_tensor(neighbours, dtype=torch.long, device=device)
+    return SubjectPart(subject=subject, store=store, standardisation=standard, sources=sources, edges=edges)
+
+
+def shared_feature_scales(stores: Sequence[FeatureStore], subjects: Sequence[Subject], *,
+                          layer_indices: Sequence[int], grid: int) -> list[tuple[float, float]]:
+    """Per layer, (local, global) unit-RMS factors shared by every subject: the mean over subjects of
+    :func:`~stages.fit.streaming.feature_scales` on each subject's training images (the bottlenecks are shared,
+    so every subject's features must be scaled alike)."""
+    per_subject = [feature_scales(store, subject.stimulus_ids[subject.splits["train"]], layer_indices=layer_indices,
+                                  grid=grid) for store, subject in zip(stores, subjects)]
+    return [tuple(float(np.mean(values)) for values in zip(*layer)) for layer in zip(*per_subject)]
+
+
+def interleaved_batches(sources: Sequence[Any], *, batch_size: int, seed: int, epoch: int
+                        ) -> Iterator[tuple[int, Batch]]:
+    """Every training image of every source once, as (source index, batch).
+
+    Each source's batches come in its own ``(seed, epoch)`` order; the sources take turns
+    in a seeded random order holding each source as often as it has batches, so every
+    part of the epoch sees the subjects in proportion to their training images.
+    """
+    streams = [source.batches(batch_size=batch_size, shuffle=True, seed=seed, epoch=epoch) for source in sources]
+    turns = np.repeat(np.arange(len(sources)), [math.ceil(source.n_images / batch_size) for source in sources])
+    for index in np.random.default_rng([seed, epoch]).permutation(turns):
+        batch = next(streams[index], None)
+        if batch is not None:
+            yield int(index), batch
+    for index, stream in enumerate(streams):
+        for batch in stream:
+            yield index, batch
 
 
 def build_optimiser(model: FactorTopy, cfg: FitConfig) -> torch.optim.AdamW:
-    """AdamW with three groups: bottlenecks and read-out (``lr``), layer selector (``layer_lr``),
+    """AdamW with three groups: bottlenecks and read-outs (``lr``), layer selector (``layer_lr``),
     space and scale selectors (``selector_lr``); ``layer_lr == 0`` leaves the layer selector out."""
     selector_lr = cfg.selector_lr if cfg.selector_lr is not None else cfg.lr
     layer_lr = cfg.layer_lr if cfg.layer_lr is not None else selector_lr
@@ -151,24 +269,28 @@ def build_optimiser(model: FactorTopy, cfg: FitConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def train_epoch(model: FactorTopy, train: Any, optimiser: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                state: TrainState, cfg: FitConfig, *, autocast_dtype: torch.dtype | None, fade_steps: int,
-                edges: torch.Tensor | None, bar: Any) -> dict[str, Any]:
-    """One pass over the training images; advances ``state.step`` and ``state.epoch``, returns the epoch's metrics."""
+def train_epoch(model: FactorTopy, train: Sequence[Any], optimiser: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, state: TrainState, cfg: FitConfig, *,
+                autocast_dtype: torch.dtype | None, fade_steps: int, edges: Sequence[torch.Tensor | None],
+                bar: Any) -> dict[str, Any]:
+    """One pass over every subject's training images (``train``: one source per subject, ``edges`` one
+    neighbour tensor or None per subject); each step fits one subject's batch with that subject's read-out.
+    Advances ``state.step`` and ``state.epoch``, returns the epoch's metrics."""
     epoch = state.epoch + 1
     device = next(model.parameters()).device
     model.train()
     tic, seen, loss_sum, prior = time.perf_counter(), 0, 0.0, 0.0
-    for batch in train.batches(batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch):
+    for subject, batch in interleaved_batches(train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch):
         prior = prior_weight(state.step, weight=cfg.prior_weight, fade_steps=fade_steps)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            prediction = model(batch.local, batch.global_)
+            prediction = model(batch.local, batch.global_, subject=subject)
         loss = regression_loss(prediction.float(), batch.target, beta=cfg.loss_beta)
         total = loss
         if prior > 0:
-            total = total + prior * model.regulariser()
-        if cfg.smoothness_weight > 0 and edges is not None:
-            total = total + cfg.smoothness_weight * smoothness_penalty(model.selections(), edges)
+            total = total + prior * model.regulariser(subject=subject)
+        if cfg.smoothness_weight > 0 and edges[subject] is not None:
+            total = total + cfg.smoothness_weight * smoothness_penalty(model.selections(subject=subject),
+                                                                       edges[subject])
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         if cfg.clip_grad_norm is not None:
@@ -188,48 +310,17 @@ def train_epoch(model: FactorTopy, train: Any, optimiser: torch.optim.Optimizer,
             "images_per_s": seen / max(seconds, 1e-9), "seconds": seconds}
 
 
-def check_inputs(store: FeatureStore, subject: Subject, cfg: FitConfig, *, neighbours: np.ndarray | None = None
-                 ) -> list[int]:
-    """Every bad-input case, caught before training; returns the store indices of the chosen layers.
-
-    Raises:
-        InvalidInputError: NaN/inf responses, too few images in a split, a missing grid, bad neighbours.
-        StoreMismatchError: configured layers absent from the store.
-        IncompleteStoreError: the store lacks some of the subject's images (from ``store.rows_for``).
-    """
-    if cfg.layers is None:
-        layer_indices = list(range(store.n_layers))
-    else:
-        missing = [name for name in cfg.layers if name not in store.layer_names]
-        if missing:
-            raise StoreMismatchError(
-                f"layers {missing} are not in the feature store {store.path}, which has {list(store.layer_names)}; "
-                "fix the config's `layers` or leave it unset to use every stored layer")
-        layer_indices = [list(store.layer_names).index(name) for name in cfg.layers]
-    if cfg.grid not in store.grids:
-        raise InvalidInputError(f"grid {cfg.grid} is not stored in {store.path} (it has {list(store.grids)}); "
-                                f"set grid to one of those")
-    responses = np.asarray(subject.responses)
-    bad = ~np.isfinite(responses)
-    if bad.any():
-        images, vertices = np.nonzero(bad)
-        raise InvalidInputError(
-            f"subject {subject.name}: responses hold {int(bad.sum())} NaN/inf values in {len(np.unique(vertices))} "
-            f"vertices (first at image row {images[0]}, vertex {vertices[0]}); remove or impute them before fitting")
-    needs = {"train": max(cfg.batch_size, 2), "val": 2}
-    for split, minimum in needs.items():
-        n = len(subject.splits.get(split, ()))
-        if n < minimum:
-            raise InvalidInputError(
-                f"subject {subject.name}: the {split} split has {n} images, at least {minimum} are needed "
-                f"(batch size {cfg.batch_size}); use more images, a smaller batch size or another split fraction")
-    if neighbours is not None:
-        edges = np.asarray(neighbours)
-        if edges.ndim != 2 or edges.shape[1] != 2 or (edges.size and (edges.min() < 0 or edges.max() >= subject.n_vertices)):
-            raise InvalidInputError(f"neighbours must be an int array of shape (n_edges, 2) indexing the "
-                                    f"{subject.n_vertices} vertices, got shape {edges.shape}")
-    store.rows_for(subject.stimulus_ids)
-    return layer_indices
+def validation_scores(model: FactorTopy, parts: Sequence[SubjectPart], cfg: FitConfig,
+                      autocast_dtype: torch.dtype | None) -> dict[str, float]:
+    """``val_r2``: the mean over subjects of each subject's mean validation R^2 (what early stopping
+    follows); with several subjects also ``val_r2_<subject>`` for each."""
+    scores = {part.subject.name: float(np.mean(r2_score(predict(model, part.sources["val"], cfg, autocast_dtype,
+                                                                subject=index), part.sources["val"].targets)))
+              for index, part in enumerate(parts)}
+    row = {"val_r2": float(np.mean(list(scores.values())))}
+    if len(parts) > 1:
+        row.update({f"val_r2_{name}": score for name, score in scores.items()})
+    return row
 
 
 def standardise(responses: np.ndarray, train_rows: np.ndarray) -> Standardisation:
@@ -239,13 +330,14 @@ def standardise(responses: np.ndarray, train_rows: np.ndarray) -> Standardisatio
     return Standardisation(train.mean(axis=0).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
 
 
-def predict(model: FactorTopy, source: Any, cfg: FitConfig, autocast_dtype: torch.dtype | None) -> np.ndarray:
-    """Predictions of shape (source.n_images, n_vertices), rows in the source's image order."""
+def predict(model: FactorTopy, source: Any, cfg: FitConfig, autocast_dtype: torch.dtype | None, *,
+            subject: int = 0) -> np.ndarray:
+    """Predictions of ``subject``'s read-out, shape (source.n_images, n_vertices), rows in the source's image order."""
     model.eval()
     out = np.zeros(source.targets.shape, dtype=np.float32)
     with torch.no_grad(), torch.autocast(source.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
         for batch in source.batches(batch_size=cfg.eval_batch_size, shuffle=False):
-            out[batch.positions] = model(batch.local, batch.global_).float().cpu().numpy()
+            out[batch.positions] = model(batch.local, batch.global_, subject=subject).float().cpu().numpy()
     model.train()
     return out
 
@@ -269,23 +361,26 @@ def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | No
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def fit_identity(store: FeatureStore, subject: Subject, cfg: FitConfig, layer_names: tuple[str, ...]) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: layers, subject, split, store and config."""
+def fit_identity(stores: Sequence[FeatureStore], subjects: Sequence[Subject], cfg: FitConfig,
+                 layer_names: tuple[str, ...]) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: layers, subjects, their splits, stores and config."""
     config = {key: value for key, value in config_record(cfg).items() if key not in RESUMABLE_KEYS}
-    splits = {name: hash_strings(map(str, subject.stimulus_ids[rows])) for name, rows in sorted(subject.splits.items())}
-    return {"layer_names": list(layer_names), "subject": subject.name, "n_vertices": subject.n_vertices,
-            "splits_sha256": splits, "store_images_sha256": hash_strings(map(str, store.image_ids)),
-            "config": config}
+    splits = [{name: hash_strings(map(str, subject.stimulus_ids[rows]))
+               for name, rows in sorted(subject.splits.items())} for subject in subjects]
+    return {"layer_names": list(layer_names), "subjects": [subject.name for subject in subjects],
+            "n_vertices": [subject.n_vertices for subject in subjects], "splits_sha256": splits,
+            "store_images_sha256": [hash_strings(map(str, store.image_ids)) for store in stores], "config": config}
 
 
 def selection_summary(model: FactorTopy) -> dict[str, float]:
-    """Mean layer entropy and spread of the selections: how far the selectors have moved."""
+    """Mean layer entropy and spread of the selections over every subject's vertices: how far the selectors
+    have moved."""
     from stages.fit.result import layer_summary
 
-    selections = model.selections()
-    weights = selections.layer_weights.detach().float().cpu().numpy()
+    selections = [model.selections(subject=index) for index in range(model.n_subjects)]
+    weights = np.concatenate([chosen.layer_weights.detach().float().cpu().numpy() for chosen in selections])
     summary = layer_summary(weights)
-    space = selections.space.detach().float().cpu().numpy()
+    space = np.concatenate([chosen.space.detach().float().cpu().numpy() for chosen in selections])
     return {"layer_entropy": float(summary["layer_entropy"].mean()),
             "layer_argmax_distinct": int(len(np.unique(summary["layer_argmax"]))),
             "space_spread": float(space.std(axis=0).mean())}
@@ -297,3 +392,4 @@ def _copy_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _last(state: TrainState, key: str) -> str:
     return f"{state.history[-1][key]:.4f}" if state.history else "-"
+

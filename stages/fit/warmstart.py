@@ -10,7 +10,9 @@ regressions on the training images give a better start:
   random projection) scores every cell; the softmax-weighted centroid of the cells is the target point.
 
 The selector MLPs are fitted to these targets, so the start is already smooth over the
-cortex; training then refines them jointly with the read-out.
+cortex; training then refines them jointly with the read-out. In a joint fit of several
+subjects each subject's targets come from its own responses and the shared selectors are
+fitted to all of them at once, which averages them where the subjects' vertices coincide.
 """
 
 from __future__ import annotations
@@ -21,36 +23,45 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from cache.errors import InvalidInputError
 from cache.store import FeatureStore
 from stages.fit.factortopy import FactorTopy
 from stages.fit.ridge import RidgeConfig, score_layers, score_targets
 from stages.subject import Subject
 
+#: Vertices scored at once by :func:`cell_scores`: bounds its memory to ~(cells x components x block) floats.
+VERTEX_BLOCK = 4096
 #: Optimiser steps used to fit the layer selector to its target.
 WARM_START_STEPS = 300
 WARM_START_LR = 3e-3
 
 
-def fit_selectors(model: FactorTopy, *, layer_targets: np.ndarray | None = None,
-                  space_targets: np.ndarray | None = None, steps: int = WARM_START_STEPS,
+def fit_selectors(model: FactorTopy, *, layer_targets: Sequence[np.ndarray] | None = None,
+                  space_targets: Sequence[np.ndarray] | None = None, steps: int = WARM_START_STEPS,
                   lr: float = WARM_START_LR) -> dict[str, float]:
     """Fit the layer and/or space selector to per-vertex targets; returns the final losses.
 
     The layer selector minimises the cross-entropy to ``layer_targets``; the space selector
-    the squared error to ``space_targets``. The scale selector is left at its start.
+    the squared error to ``space_targets``, over every subject's vertices at once. The
+    selectors are shared, so where subjects' vertices coincide they settle on the mean of
+    the subjects' targets (the minimiser of both losses). The scale selector is left at its start.
 
     Args:
-        model: the FactorTopy model (single subject).
-        layer_targets: array of shape (n_vertices, n_layers), rows summing to 1, or None.
-        space_targets: array of shape (n_vertices, 2) in (-1, 1), or None.
+        model: the FactorTopy model.
+        layer_targets: one array of shape (n_vertices_s, n_layers) per subject of the model,
+            rows summing to 1, or None.
+        space_targets: one array of shape (n_vertices_s, 2) in (-1, 1) per subject, or None.
+
+    Raises:
+        InvalidInputError: not one target array per subject, or one with the wrong number of rows.
     """
     device = next(model.parameters()).device
-    encoding = model.position_encoding(0)
+    encoding = torch.cat([model.position_encoding(index) for index in range(model.n_subjects)])
     heads = {}
-    if layer_targets is not None:
-        heads["layer"] = (model.selectors.layer, torch.as_tensor(layer_targets, dtype=torch.float32, device=device))
-    if space_targets is not None:
-        heads["space"] = (model.selectors.space, torch.as_tensor(space_targets, dtype=torch.float32, device=device))
+    for name, head, targets in (("layer", model.selectors.layer, layer_targets),
+                                ("space", model.selectors.space, space_targets)):
+        if targets is not None:
+            heads[name] = (head, torch.as_tensor(_stacked(model, targets, name), dtype=torch.float32, device=device))
     if not heads:
         return {}
     optimiser = torch.optim.Adam([p for head, _ in heads.values() for p in head.parameters()], lr=lr)
@@ -66,6 +77,19 @@ def fit_selectors(model: FactorTopy, *, layer_targets: np.ndarray | None = None,
         sum(losses.values()).backward()
         optimiser.step()
     return {name: float(loss.detach()) for name, loss in losses.items()}
+
+
+def _stacked(model: FactorTopy, targets: Sequence[np.ndarray], name: str) -> np.ndarray:
+    """Per-subject targets stacked in the model's vertex order, checked against its subjects."""
+    if isinstance(targets, np.ndarray) or len(targets) != model.n_subjects:
+        given = "one array" if isinstance(targets, np.ndarray) else f"{len(targets)} arrays"
+        raise InvalidInputError(f"{name} targets: expected a list of {model.n_subjects} array(s), one per subject "
+                                f"of the model, got {given}")
+    for index, array in enumerate(targets):
+        if len(array) != model.n_vertices(index):
+            raise InvalidInputError(f"{name} targets of subject {index} have {len(array)} rows; the model has "
+                                    f"{model.n_vertices(index)} vertices for it")
+    return np.concatenate(targets)
 
 
 def cell_scores(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], best_layer: np.ndarray,
@@ -104,14 +128,19 @@ def cell_scores(store: FeatureStore, subject: Subject, *, layer_indices: Sequenc
     total = np.maximum((responses ** 2).sum(axis=0), 1e-12)
     scores = np.zeros((subject.n_vertices, grid * grid), np.float32)
     for slot in needed:
-        vertices = np.flatnonzero(best_layer == slot)
-        y = torch.as_tensor(responses[:, vertices])
         x = torch.as_tensor(reduced[slot], dtype=torch.float64).transpose(0, 1)          # (cells, n, k)
         x = (x - x.mean(dim=1, keepdim=True)) / x.std(dim=1, keepdim=True).clamp_min(1e-12)
-        gram = x.transpose(1, 2) @ x + alpha * len(ids) * torch.eye(n_components, dtype=torch.float64)
-        weights = torch.linalg.solve(gram, x.transpose(1, 2) @ y)                           # (cells, k, v)
-        residual = ((y - x @ weights) ** 2).sum(dim=1)                                      # (cells, v)
-        scores[vertices] = (1.0 - residual.numpy() / total[vertices]).T
+        moments = x.transpose(1, 2) @ x                                                     # (cells, k, k)
+        gram = moments + alpha * len(ids) * torch.eye(n_components, dtype=torch.float64)
+        members = np.flatnonzero(best_layer == slot)
+        for vertices in np.array_split(members, -(-len(members) // VERTEX_BLOCK)):
+            y = torch.as_tensor(responses[:, vertices])                                     # (n, v)
+            cross = x.transpose(1, 2) @ y                                                   # (cells, k, v)
+            weights = torch.linalg.solve(gram, cross)
+            # |y - x w|^2 = y'y - 2 w'x'y + w'(x'x)w: no (cells, n, v) prediction is ever built
+            residual = ((y ** 2).sum(dim=0) - 2.0 * (weights * cross).sum(dim=1)
+                        + (weights * (moments @ weights)).sum(dim=1))                       # (cells, v)
+            scores[vertices] = (1.0 - residual.numpy() / total[vertices]).T
     return scores
 
 
@@ -134,23 +163,27 @@ def centre_targets(scores: np.ndarray, grid: int, *, temperature: float = 0.03) 
     return np.stack([weights.sum(axis=1) @ centres, weights.sum(axis=2) @ centres], axis=1).astype(np.float32)
 
 
-def warm_start(model: FactorTopy, store: FeatureStore, subject: Subject, *, mode: str,
+def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequence[Subject], *, mode: str,
                layer_indices: Sequence[int], grid: int, temperature: float, seed: int = 0) -> dict[str, float]:
-    """Initialise the selectors from cheap regressions on the training images; returns a summary.
+    """Initialise the (shared) selectors from cheap regressions on each subject's training images; returns a summary.
 
     ``mode="layer"``: the layer selector from per-layer ridge scores (``score_layers``);
     ``mode="layer+space"``: also the space selector from per-cell scores of each vertex's
-    best layer (``cell_scores`` -> ``centre_targets``). ``"none"`` does nothing.
+    best layer (``cell_scores`` -> ``centre_targets``). ``"none"`` does nothing. Each
+    subject's targets come from its own responses (``stores[i]`` holds ``subjects[i]``'s
+    images); :func:`fit_selectors` fits the shared selectors to all of them at once.
     """
     if mode == "none":
         return {}
     started = time.perf_counter()
-    layer_names = tuple(store.layer_names[i] for i in layer_indices)
-    scores = score_layers(store, subject, RidgeConfig(layers=layer_names, grid=grid))
-    space = None
-    if mode == "layer+space":
-        best = np.nan_to_num(scores, nan=-np.inf).argmax(axis=1)
-        space = centre_targets(cell_scores(store, subject, layer_indices=layer_indices, best_layer=best, grid=grid,
-                                           seed=seed), grid)
-    losses = fit_selectors(model, layer_targets=score_targets(scores, temperature=temperature), space_targets=space)
+    layer_names = tuple(stores[0].layer_names[i] for i in layer_indices)
+    layer_targets, space_targets = [], []
+    for store, subject in zip(stores, subjects):
+        scores = score_layers(store, subject, RidgeConfig(layers=layer_names, grid=grid))
+        layer_targets.append(score_targets(scores, temperature=temperature))
+        if mode == "layer+space":
+            best = np.nan_to_num(scores, nan=-np.inf).argmax(axis=1)
+            space_targets.append(centre_targets(cell_scores(store, subject, layer_indices=layer_indices,
+                                                            best_layer=best, grid=grid, seed=seed), grid))
+    losses = fit_selectors(model, layer_targets=layer_targets, space_targets=space_targets or None)
     return {"warm_start_seconds": time.perf_counter() - started, **{f"warm_start_{k}_loss": v for k, v in losses.items()}}

@@ -1,0 +1,85 @@
+"""A fit's inputs checked before any training: the subject against the store, and the stores of a joint fit.
+
+Every bad-input case raises before a model is built, naming the subject or store, the
+value and the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from cache.errors import IncompleteStoreError, InvalidInputError, StoreMismatchError
+from cache.store import FeatureStore
+from stages.fit.config import FitConfig
+from stages.subject import Subject
+
+
+def store_model_id(store: FeatureStore) -> str:
+    """The model id recorded in the store's provenance (``""`` when it records none)."""
+    record = store.provenance.get("model")
+    return str(record.get("model_id", "")) if isinstance(record, dict) else str(record or "")
+
+
+def check_stores(stores: Sequence[FeatureStore]) -> None:
+    """The stores of a joint fit must come from one model: same layers, channel widths and model id.
+
+    Raises:
+        StoreMismatchError: naming the two stores and what differs.
+    """
+    first = stores[0]
+    for store in stores[1:]:
+        for what, value in (("layers", lambda s: list(s.layer_names)), ("channel widths", lambda s: list(s.n_channels)),
+                            ("model", store_model_id)):
+            if value(store) != value(first):
+                raise StoreMismatchError(
+                    f"feature stores {first.path} and {store.path} differ in {what} ({value(first)} vs "
+                    f"{value(store)}); subjects fitted together need features of the same model and layers")
+
+
+def check_inputs(store: FeatureStore, subject: Subject, cfg: FitConfig, *, neighbours: np.ndarray | None = None
+                 ) -> list[int]:
+    """Every bad-input case, caught before training; returns the store indices of the chosen layers.
+
+    Raises:
+        InvalidInputError: NaN/inf responses, too few images in a split, a missing grid, bad neighbours.
+        StoreMismatchError: configured layers absent from the store.
+        IncompleteStoreError: the store lacks some of the subject's images (from ``store.rows_for``).
+    """
+    if cfg.layers is None:
+        layer_indices = list(range(store.n_layers))
+    else:
+        missing = [name for name in cfg.layers if name not in store.layer_names]
+        if missing:
+            raise StoreMismatchError(
+                f"layers {missing} are not in the feature store {store.path}, which has {list(store.layer_names)}; "
+                "fix the config's `layers` or leave it unset to use every stored layer")
+        layer_indices = [list(store.layer_names).index(name) for name in cfg.layers]
+    if cfg.grid not in store.grids:
+        raise InvalidInputError(f"grid {cfg.grid} is not stored in {store.path} (it has {list(store.grids)}); "
+                                f"set grid to one of those")
+    responses = np.asarray(subject.responses)
+    bad = ~np.isfinite(responses)
+    if bad.any():
+        images, vertices = np.nonzero(bad)
+        raise InvalidInputError(
+            f"subject {subject.name}: responses hold {int(bad.sum())} NaN/inf values in {len(np.unique(vertices))} "
+            f"vertices (first at image row {images[0]}, vertex {vertices[0]}); remove or impute them before fitting")
+    needs = {"train": max(cfg.batch_size, 2), "val": 2}
+    for split, minimum in needs.items():
+        n = len(subject.splits.get(split, ()))
+        if n < minimum:
+            raise InvalidInputError(
+                f"subject {subject.name}: the {split} split has {n} images, at least {minimum} are needed "
+                f"(batch size {cfg.batch_size}); use more images, a smaller batch size or another split fraction")
+    if neighbours is not None:
+        edges = np.asarray(neighbours)
+        if edges.ndim != 2 or edges.shape[1] != 2 or (edges.size and (edges.min() < 0 or edges.max() >= subject.n_vertices)):
+            raise InvalidInputError(f"neighbours must be an int array of shape (n_edges, 2) indexing the "
+                                    f"{subject.n_vertices} vertices, got shape {edges.shape}")
+    try:
+        store.rows_for(subject.stimulus_ids)
+    except IncompleteStoreError as error:
+        raise IncompleteStoreError(f"subject {subject.name}: {error}") from error
+    return layer_indices
