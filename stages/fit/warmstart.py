@@ -31,6 +31,8 @@ from stages.subject import Subject
 
 #: Vertices scored at once by :func:`cell_scores`: bounds its memory to ~(cells x components x block) floats.
 VERTEX_BLOCK = 4096
+#: Random-projection width of each layer's channels in :func:`cell_scores`.
+CELL_COMPONENTS = 32
 #: Optimiser steps used to fit the layer selector to its target.
 WARM_START_STEPS = 300
 WARM_START_LR = 3e-3
@@ -93,7 +95,7 @@ def _stacked(model: FactorTopy, targets: Sequence[np.ndarray], name: str) -> np.
 
 
 def cell_scores(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], best_layer: np.ndarray,
-                grid: int, n_components: int = 32, alpha: float = 1.0, seed: int = 0,
+                grid: int, n_components: int = CELL_COMPONENTS, alpha: float = 1.0, seed: int = 0,
                 batch_size: int = 256) -> np.ndarray:
     """In-sample R^2 of a small ridge on each grid cell's tokens of each vertex's best layer.
 

@@ -1,0 +1,499 @@
+"""Stage two at Algonauts scale, end to end on one GPU: store build, synthetic subject, FactorTopy fit.
+
+Builds a seeded random feature store shaped like a 12-layer ViT-B on the Algonauts 2023
+subj01 training set (9,841 images x 12 layers x 768 channels, 8x8 grid + global token,
+float16: ~11.8 GB), a synthetic subject of 37,984 vertices (subj01's nsdgeneral count)
+whose responses are planted low-rank read-outs of those features, and fits it with
+``stages.fit.train.fit_factortopy`` under the improved default ``FitConfig()``
+(``--epochs`` epochs, device and resident mode ``auto``). Reports the store build, the
+subject, and the fit's warm start / training / remaining time, images per second, peak
+host RSS per phase (sampled with psutil, child processes included), peak GPU memory,
+held-out R^2 and the share of vertices whose chosen layer is the planted one. Unless
+``--skip-step-bench``, it then runs ``bench/fit.py`` (training-step time and peak memory
+of ours against the plain implementation) at the same scale on the same device. The
+target is a fit of at most 120 s on one H100. Before anything it estimates the disk, host
+memory and GPU memory the run needs (at full scale ~12.5 GB, ~21 GB and ~20 GB) and stops
+if the disk or memory falls short.
+
+Data, and why:
+
+* Store: written by a pool of processes (``FeatureStore.write_chunk`` allows different
+  processes to write different image blocks at once; each call also encodes its arrays in
+  threads), one block in memory per process, each block seeded by ``(seed, block)``.
+  Workers also return each image's projection on a random rank-``READOUT_RANK`` basis per
+  layer and position, so the responses need no second pass over the store.
+* Vertices: fsaverage (order 7) indices, half per hemisphere, drawn without repeats. Real
+  order-7 sphere coordinates need a FreeSurfer ``fsaverage`` folder (only fsaverage5, with
+  10,242 vertices per hemisphere, ships offline), so each hemisphere's points are drawn
+  uniformly on a posterior cap (60 degrees) of the radius-100 sphere, and the right
+  hemisphere is shifted along x as the method prescribes; the fit only uses these coordinates.
+* Planted maps, smooth over the cap: equal-area rings around the pole pick the layer (pole =
+  first layer); inside a ring, the distance picks the grid row and the azimuth the column;
+  the outer fifth of each ring reads the global token. Each vertex reads a random unit
+  combination of its layer's rank-8 projection, plus Gaussian noise for a noise ceiling
+  drawn uniformly in 0.1..0.6.
+* Splits: seeded; 5 % test and 5 % of the rest validation (test 492, validation 467,
+  training 8,882 images at full scale), close to the reference's 9,000 training images;
+  the project's Algonauts reader holds out 10 % + 10 %, so this is the heavier case.
+
+Run it once on a GPU machine; one command there does it all. Where zarr, numcodecs, donfig
+and google-crc32c are not installed and nothing can be downloaded, bring them as wheels
+(here: ``pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
+--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d bench/results/wheels
+zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0``; ``bench/results``
+is git-ignored) and run, from the repository root, with a 600 s limit::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site bench/results/wheels/*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/fit_scale.py
+
+Where the project's own environment is installed, ``.venv/bin/python bench/fit_scale.py``
+is the whole command. The store goes to a new temporary folder (``--work`` to choose; never
+a folder whose files are all collected afterwards, such as ``$OUT``: it holds thousands of
+files) and is deleted at the end. The JSON summary goes to ``$OUT/fit_scale.json`` when
+``$OUT`` is set, else ``<work>/fit_scale.json``; it is rewritten after every phase, so a
+run cut short still leaves what it measured. Expected on one H100 with 16 cores: store
+build 0.5-2 min (disk-bound: ~12 GB), subject ~15 s, fit ~1.5-4 min, step benchmark ~1 min
+(stopped after 4), store removal ~10 s: about 4-8 minutes in all.
+
+Smoke test (CPU, under a minute on two free cores)::
+
+    .venv/bin/python bench/fit_scale.py --images 300 --vertices 2000 --layers 4 --channels 64 \\
+        --epochs 2 --chunk-images 32 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from cache.errors import BddnError, InvalidInputError  # noqa: E402
+from cache.folder import remove_store  # noqa: E402
+from cache.store import FeatureStore, StoreLayout  # noqa: E402
+from stages.fit.warmstart import CELL_COMPONENTS, VERTEX_BLOCK  # noqa: E402
+from stages.subject import FSAVERAGE7_VERTICES, Subject  # noqa: E402
+
+GRID = 8
+GB = 1e9
+#: Rank of each layer's planted read-out basis.
+READOUT_RANK = 8
+#: Outer share of each layer's ring whose vertices read the global token.
+GLOBAL_SHARE = 0.2
+#: Half-angle of the spherical cap holding each hemisphere's vertices, and the sphere radius.
+CAP_DEGREES, SPHERE_RADIUS = 60.0, 100.0
+#: Right-hemisphere shift along x, in units of the left hemisphere's x extent (method.md).
+RH_SHIFT = 1.5
+TEST_FRACTION = VAL_FRACTION = 0.05
+NOISE_CEILING_RANGE = (0.1, 0.6)
+#: Target: the whole fit (warm start, training, evaluation) on one H100.
+TARGET_FIT_SECONDS = 120.0
+#: Entries of the fit's metrics copied into the summary (``other_seconds`` = the fit's wall time minus
+#: warm start and training: input checks, loading features onto the device, final predictions).
+FIT_METRICS = ("warm_start_seconds", "train_seconds", "epochs_run", "best_epoch", "steps", "device", "precision",
+               "resident", "mean_r2_val", "mean_r2_test", "median_r2_test_nc")
+STEP_BENCH_TIMEOUT_S = 240
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=9_841)
+    parser.add_argument("--vertices", type=int, default=37_984)
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--channels", type=int, default=768)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (the fit's device)")
+    parser.add_argument("--work", type=Path, help="folder for the store (default: a new temporary folder)")
+    parser.add_argument("--json", type=Path, help="summary file (default: $OUT/fit_scale.json, else <work>/fit_scale.json)")
+    parser.add_argument("--chunk-images", type=int, help="images per store block (default: the store's choice)")
+    parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1), help="store-writing processes")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-step-bench", action="store_true", help="do not run bench/fit.py")
+    parser.add_argument("--keep-store", action="store_true", help="leave the store in place at the end")
+    args = parser.parse_args()
+    if min(args.images, args.vertices - 1, args.layers, args.channels, args.epochs, args.workers) < 1:
+        parser.error("--images, --layers, --channels, --epochs and --workers must be >= 1, --vertices >= 2")
+    return args
+
+
+def store_bytes(args: argparse.Namespace) -> float:
+    """Uncompressed bytes of the store's features: float16 local grid plus global token per layer."""
+    return args.images * args.layers * args.channels * (GRID * GRID + 1) * 2.0
+
+
+def estimate_needs(args: argparse.Namespace) -> dict[str, float]:
+    """Bytes the run needs: ``disk`` (the store; random float16 barely compresses), ``ram`` (peak host
+    memory of the fit's largest steps) and ``gpu`` (resident features plus the ridge warm start).
+
+    Host terms: responses and their z-scored copies (4 x float32 images x vertices), the
+    training statistics in float64 (2 x train x vertices), the ridge's float64 responses and
+    its features, and the warm start's per-cell scores (each layer's randomly projected tokens
+    in float32, one layer's standardised float64 copy, and one vertex block's solves).
+    """
+    n_train = args.images * (1 - TEST_FRACTION) * (1 - VAL_FRACTION)
+    store = store_bytes(args)
+    ridge_features = args.images * args.layers * args.channels * 5 * 4.0   # global + 2x2-pooled local, float32
+    cells = GRID * GRID * CELL_COMPONENTS * (args.layers * n_train * 4.0 + 2 * n_train * 8.0 + 3 * VERTEX_BLOCK * 8.0)
+    ram = (4 * args.images * args.vertices * 4.0 + 2 * n_train * args.vertices * 8.0
+           + args.images * args.vertices * 8.0 + 2 * ridge_features + cells + 2 * GB)
+    gpu = store + n_train * args.vertices * 8.0 + ridge_features + 4 * GB
+    return {"disk": store * 1.02 + 0.5 * GB, "ram": ram, "gpu": gpu}
+
+
+def check_resources(work: Path, needs: dict[str, float]) -> dict[str, float]:
+    """Free disk at ``work`` and available RAM, checked against ``needs``; a store on a memory-backed
+    file system counts against RAM too. Raises InvalidInputError naming what is short and the fix."""
+    free_disk = shutil.disk_usage(work).free
+    mount = max((part for part in psutil.disk_partitions(all=True) if str(work.resolve()).startswith(part.mountpoint)),
+                key=lambda part: len(part.mountpoint), default=None)
+    in_memory = mount is not None and mount.fstype in ("tmpfs", "ramfs")
+    ram_needed = needs["ram"] + (needs["disk"] if in_memory else 0.0)
+    available = psutil.virtual_memory().available
+    print(f"needs: disk {needs['disk'] / GB:.1f} GB at {work} (free {free_disk / GB:.1f} GB"
+          f"{', memory-backed' if in_memory else ''}), host RAM ~{ram_needed / GB:.1f} GB "
+          f"(available {available / GB:.1f} GB), GPU ~{needs['gpu'] / GB:.1f} GB", flush=True)
+    if free_disk < needs["disk"]:
+        raise InvalidInputError(f"{work} has {free_disk / GB:.1f} GB free but the store needs ~{needs['disk'] / GB:.1f} GB;"
+                                f" pass --work on a larger disk or lower --images/--layers/--channels")
+    if available < ram_needed:
+        raise InvalidInputError(f"the run needs ~{ram_needed / GB:.1f} GB of host memory, {available / GB:.1f} GB is "
+                                f"available; lower --images/--vertices or free memory")
+    return {"free_disk_gb": free_disk / GB, "available_ram_gb": available / GB, "store_in_memory": in_memory}
+
+
+class Report:
+    """The run's summary, written to ``path`` after every phase and every ``save_every`` seconds meanwhile
+    (atomically), so a run stopped from outside still leaves what it measured; a thread samples the resident
+    memory of this process and its children every ``interval`` seconds and keeps each phase's peak."""
+
+    def __init__(self, path: Path, summary: dict[str, Any], *, interval: float = 0.1, save_every: float = 15.0) -> None:
+        self.path = path
+        self.summary = summary
+        self.started = time.perf_counter()
+        self._peaks: dict[str, float] = {}
+        self._phase: tuple[str, float] | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval, save_every), name="report", daemon=True)
+        self._thread.start()
+
+    def _sample(self, interval: float, save_every: float) -> None:
+        me, last_save = psutil.Process(), time.perf_counter()
+        while not self._stop.wait(interval):
+            phase = self._phase
+            if phase is None:
+                continue
+            rss = me.memory_info().rss
+            for child in me.children(recursive=True):
+                try:
+                    rss += child.memory_info().rss
+                except psutil.Error:   # a child that ended between listing and reading
+                    pass
+            self._peaks[phase[0]] = max(self._peaks.get(phase[0], 0.0), rss / GB)
+            if time.perf_counter() - last_save >= save_every:
+                self.save()
+                last_save = time.perf_counter()
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time the block as phase ``name`` (``phase_seconds``), sample its peak RSS, save at its end."""
+        started = time.perf_counter()
+        self._phase = (name, started)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.summary.setdefault("phase_seconds", {})[name] = time.perf_counter() - started
+                self._phase = None
+            self.save()
+
+    def update(self, **entries: Any) -> None:
+        """Add or replace top-level entries of the summary."""
+        with self._lock:
+            self.summary.update(entries)
+
+    def save(self) -> None:
+        """Write the summary (with the running phase, peaks and elapsed time) through a temporary file."""
+        with self._lock:
+            phase = self._phase
+            self.summary["running"] = None if phase is None else {"phase": phase[0],
+                                                                  "seconds": time.perf_counter() - phase[1]}
+            self.summary["peak_rss_gb"] = dict(self._peaks)
+            self.summary["total_seconds"] = time.perf_counter() - self.started
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_name(self.path.name + ".partial")
+            partial.write_text(json.dumps(self.summary, indent=2, default=str))
+            os.replace(partial, self.path)
+
+    def close(self) -> None:
+        """Stop sampling and write the summary a last time."""
+        self._stop.set()
+        self._thread.join()
+        self.save()
+
+
+@lru_cache(maxsize=1)
+def readout_basis(seed: int, n_layers: int, n_channels: int) -> np.ndarray:
+    """float32 array of shape (n_layers, n_channels, READOUT_RANK), unit-norm columns: each layer's planted basis."""
+    basis = np.random.default_rng([seed, 1]).standard_normal((n_layers, n_channels, READOUT_RANK), dtype=np.float32)
+    return basis / np.linalg.norm(basis, axis=1, keepdims=True)
+
+
+@lru_cache(maxsize=1)
+def _open_store(path: str) -> FeatureStore:
+    return FeatureStore.open(path)
+
+
+def write_block(path: str, chunk: int, seed: int) -> tuple[int, np.ndarray]:
+    """Fill image block ``chunk`` with seeded standard-normal float16 features (runs in a worker process).
+
+    Returns the block index and its projections, float32 of shape (n_rows, n_layers, grid^2 + 1,
+    READOUT_RANK): per layer, each cell's local token (row-major, y then x) and last the global
+    token, projected on that layer's read-out basis, from the float16 values as stored.
+    """
+    store = _open_store(path)
+    rows = store.chunk_rows(chunk)
+    n_rows, n_layers, width = rows.stop - rows.start, store.n_layers, store.n_channels[0]
+    basis = readout_basis(seed, n_layers, width)
+    rng = np.random.default_rng([seed, 0, chunk])
+    local, global_ = [], []
+    projections = np.empty((n_rows, n_layers, GRID * GRID + 1, READOUT_RANK), dtype=np.float32)
+    for layer in range(n_layers):
+        tokens = rng.standard_normal((n_rows, width, GRID, GRID), dtype=np.float32).astype(np.float16)
+        pooled = rng.standard_normal((n_rows, width), dtype=np.float32).astype(np.float16)
+        cells = tokens.reshape(n_rows, width, GRID * GRID).transpose(0, 2, 1).astype(np.float32)
+        projections[:, layer, :-1] = cells @ basis[layer]
+        projections[:, layer, -1] = pooled.astype(np.float32) @ basis[layer]
+        local.append(tokens)
+        global_.append(pooled)
+    store.write_chunk(chunk, local={GRID: local}, global_=global_)
+    return chunk, projections
+
+
+def build_store(path: Path, args: argparse.Namespace) -> tuple[FeatureStore, np.ndarray]:
+    """A complete store at ``path`` and every image's planted projections, shape (n_images, n_layers, cells + 1, rank).
+
+    Blocks are written by ``args.workers`` spawned processes (no fork of this threaded
+    process), each holding one block at a time.
+    """
+    layout = StoreLayout(layer_names=tuple(f"block{i:02d}" for i in range(args.layers)),
+                         n_channels=(args.channels,) * args.layers, grids=(GRID,), dtype="float16",
+                         chunk_images=args.chunk_images)
+    ids = [f"image-{i:05d}" for i in range(args.images)]
+    store = FeatureStore.create(path, image_ids=ids, layout=layout, overwrite=True,
+                                provenance={"model": {"model_id": "random:fit-scale"}, "seed": args.seed})
+    projections = np.empty((args.images, args.layers, GRID * GRID + 1, READOUT_RANK), dtype=np.float32)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(args.workers, store.n_chunks), mp_context=context) as pool:
+        futures = [pool.submit(write_block, str(path), chunk, args.seed) for chunk in range(store.n_chunks)]
+        for future in futures:
+            chunk, values = future.result()
+            rows = store.chunk_rows(chunk)
+            projections[rows] = values
+    store = FeatureStore.open(path)
+    if not store.is_complete():
+        raise InvalidInputError(f"store {path} has unfinished blocks {store.pending_chunks()[:5]} after writing")
+    return store, projections
+
+
+def cap_points(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` points uniform on the posterior cap: coordinates (n, 3), equal-area radius t in [0, 1), azimuth in [0, 2 pi)."""
+    t = rng.random(n)
+    cos_theta = 1.0 - t * (1.0 - math.cos(math.radians(CAP_DEGREES)))
+    sin_theta = np.sqrt(1.0 - cos_theta ** 2)
+    azimuth = rng.uniform(0.0, 2 * math.pi, n)
+    coords = SPHERE_RADIUS * np.stack([sin_theta * np.cos(azimuth), -cos_theta, sin_theta * np.sin(azimuth)], axis=1)
+    return coords, t, azimuth
+
+
+def make_subject(store: FeatureStore, projections: np.ndarray, args: argparse.Namespace, *,
+                 batch_images: int = 64) -> tuple[Subject, np.ndarray]:
+    """The synthetic subject (see the module docs) and each vertex's planted layer, shape (n_vertices,).
+
+    Responses are computed ``batch_images`` rows at a time: one (rows, n_vertices, rank) gather
+    of ``projections`` and the noise for those rows.
+    """
+    rng = np.random.default_rng([args.seed, 2])
+    n_left = args.vertices // 2
+    hemisphere = np.where(np.arange(args.vertices) < n_left, "lh", "rh")
+    index = np.concatenate([np.sort(rng.choice(FSAVERAGE7_VERTICES, size=n, replace=False))
+                            for n in (n_left, args.vertices - n_left)]).astype(np.int64)
+    coords, t, azimuth = cap_points(args.vertices, rng)
+    left, right = hemisphere == "lh", hemisphere == "rh"
+    x_left = coords[left, 0]
+    coords[right, 0] += x_left.min() + RH_SHIFT * (x_left.max() - x_left.min()) - coords[right, 0].min()
+    layer = np.minimum((t * args.layers).astype(np.int64), args.layers - 1)
+    ring = t * args.layers - layer
+    row = np.minimum((ring / (1 - GLOBAL_SHARE) * GRID).astype(np.int64), GRID - 1)
+    column = np.minimum((azimuth / (2 * math.pi) * GRID).astype(np.int64), GRID - 1)
+    slot = np.where(ring >= 1 - GLOBAL_SHARE, GRID * GRID, row * GRID + column)
+    weights = rng.standard_normal((args.vertices, READOUT_RANK)).astype(np.float32)
+    weights /= np.linalg.norm(weights, axis=1, keepdims=True)
+    ceiling = rng.uniform(*NOISE_CEILING_RANGE, args.vertices).astype(np.float32)
+    noise_sd = np.sqrt((1 - ceiling) / ceiling).astype(np.float32)
+    responses = np.empty((args.images, args.vertices), dtype=np.float32)
+    for start in range(0, args.images, batch_images):
+        block = projections[start:start + batch_images][:, layer, slot]                  # (rows, vertices, rank)
+        signal = np.einsum("nvk,vk->nv", block, weights)
+        responses[start:start + len(block)] = signal + noise_sd * rng.standard_normal(signal.shape, dtype=np.float32)
+    order = np.random.default_rng([args.seed, 3]).permutation(args.images)
+    n_test = int(round(TEST_FRACTION * args.images))
+    n_val = int(round(VAL_FRACTION * (args.images - n_test)))
+    splits = {"train": np.sort(order[n_test + n_val:]), "val": np.sort(order[n_test:n_test + n_val]),
+              "test": np.sort(order[:n_test])}
+    subject = Subject(name="subj01", stimulus_ids=np.asarray(store.image_ids), responses=responses,
+                      hemisphere=hemisphere, fsaverage_index=index, sphere_coords=coords.astype(np.float32),
+                      rois={"nsdgeneral": np.ones(args.vertices, dtype=bool)}, splits=splits, split_seed=args.seed,
+                      noise_ceiling=ceiling, mesh="fsaverage", source={"reader": "bench/fit_scale.py"})
+    return subject, layer
+
+
+def run_fit(store: FeatureStore, subject: Subject, planted_layer: np.ndarray, args: argparse.Namespace
+            ) -> dict[str, Any]:
+    """Fit FactorTopy with ``FitConfig()`` (epochs and device from ``args``); its timings, throughput and scores.
+
+    torch is imported here, not at module level, so the store-writing worker processes start without it.
+    """
+    import torch
+
+    from stages.fit.config import FitConfig
+    from stages.fit.train import fit_factortopy
+
+    cfg = dataclasses.replace(FitConfig(), epochs=args.epochs, device=args.device)
+    cuda = torch.cuda.is_available() and args.device != "cpu"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    result = fit_factortopy(store, subject, cfg, checkpoint_dir=None, progress=True)
+    seconds = time.perf_counter() - started
+    metrics = result.metrics
+    out: dict[str, Any] = {"seconds": seconds, "batch_size": cfg.batch_size,
+                           "layer_recovery": float(np.mean(result.layer_weights.argmax(axis=1) == planted_layer))}
+    out.update({key: metrics[key] for key in FIT_METRICS if key in metrics})
+    if "train_seconds" in metrics and "epochs_run" in metrics:
+        out["images_per_s"] = metrics["epochs_run"] * len(subject.splits["train"]) / metrics["train_seconds"]
+        out["other_seconds"] = seconds - metrics["train_seconds"] - metrics.get("warm_start_seconds", 0.0)
+    out["epoch_images_per_s"] = [round(row.get("images_per_s", float("nan")), 1) for row in result.history]
+    if cuda:
+        out["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / GB
+        out["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved() / GB
+        torch.cuda.empty_cache()   # the step benchmark's processes come next
+    return out
+
+
+def environment() -> dict[str, Any]:
+    """The machine and library versions the numbers come from."""
+    import torch
+    import zarr
+
+    cuda = torch.cuda.is_available()
+    return {"device": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "numpy": np.__version__, "zarr": zarr.__version__, "cpu_count": os.cpu_count(),
+            "ram_gb": psutil.virtual_memory().total / GB,
+            "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / GB if cuda else None}
+
+
+def run_step_bench(args: argparse.Namespace, device: str, work: Path) -> list[dict[str, Any]]:
+    """``bench/fit.py`` at this scale on ``device``: per configuration, s/step and peak memory (GB)."""
+    target = work / "fit_step.json"
+    command = [sys.executable, str(ROOT / "bench" / "fit.py"), "--device", device, "--vertices", str(args.vertices),
+               "--layers", str(args.layers), "--channels", str(args.channels),
+               "--steps", "10" if device == "cuda" else "2", "--json", str(target)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=STEP_BENCH_TIMEOUT_S)
+        except subprocess.TimeoutExpired:   # its worker processes too: they may hold GPU memory
+            for child in psutil.Process(process.pid).children(recursive=True) + [psutil.Process(process.pid)]:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:   # ended meanwhile
+                    pass
+            stdout, stderr = process.communicate()
+            stderr = f"bench/fit.py ran past {STEP_BENCH_TIMEOUT_S} s and was stopped"
+    print(stdout, end="", flush=True)
+    if process.returncode != 0:
+        return [{"error": stderr.strip().splitlines()[-1:]}]
+    return [{key: row[key] for key in ("worker", "batch", "amp", "error") if key in row}
+            | ({"step_s": row["step_s"], "peak_gb": row["peak_bytes"] / GB} if "step_s" in row else {})
+            for row in json.loads(target.read_text())]
+
+
+def main() -> int:
+    args = parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="bddn-fit-scale-"))
+    work.mkdir(parents=True, exist_ok=True)
+    json_path = args.json or (Path(os.environ["OUT"]) / "fit_scale.json" if os.environ.get("OUT")
+                              else work / "fit_scale.json")
+    summary: dict[str, Any] = {
+        "bench": "fit_scale", "environment": environment(),
+        "scale": {"images": args.images, "vertices": args.vertices, "layers": args.layers,
+                  "channels": args.channels, "grid": GRID, "epochs": args.epochs}}
+    print(f"environment: {summary['environment']}", flush=True)
+    needs = estimate_needs(args)
+    summary["needs_gb"] = {key: value / GB for key, value in needs.items()}
+    summary["resources"] = check_resources(work, needs)
+    cuda = summary["environment"]["gpu_memory_gb"] is not None and args.device != "cpu"
+    report = Report(json_path, summary)
+    store_path = work / "features.zarr"
+    try:
+        with report.phase("store"):
+            store, projections = build_store(store_path, args)
+        seconds, raw = summary["phase_seconds"]["store"], store_bytes(args)
+        on_disk = sum(entry.stat().st_size for entry in store_path.rglob("*") if entry.is_file())
+        report.update(store={"seconds": seconds, "raw_gb": raw / GB, "disk_gb": on_disk / GB,
+                             "write_mb_per_s": raw / 1e6 / seconds, "chunk_images": store.chunk_images,
+                             "n_chunks": store.n_chunks, "workers": min(args.workers, store.n_chunks)})
+        print(f"store: {summary['store']}", flush=True)
+        with report.phase("subject"):
+            subject, planted_layer = make_subject(store, projections, args)
+            del projections
+        report.update(subject={"seconds": summary["phase_seconds"]["subject"],
+                               "splits": {name: len(rows) for name, rows in subject.splits.items()}})
+        print(f"subject: {summary['subject']}", flush=True)
+        with report.phase("fit"):
+            report.update(fit=run_fit(store, subject, planted_layer, args))
+        fit_seconds = summary["fit"]["seconds"]
+        report.update(target={"fit_seconds_max": TARGET_FIT_SECONDS, "fit_seconds": fit_seconds,
+                              "met": fit_seconds <= TARGET_FIT_SECONDS if cuda else None,
+                              "judged_on": "one GPU" if cuda else "not judged: no GPU"})
+        if args.skip_step_bench:
+            report.update(step_bench="skipped")
+        else:
+            with report.phase("step_bench"):
+                report.update(step_bench=run_step_bench(args, "cuda" if cuda else "cpu", work))
+    finally:
+        report.save()
+        if not args.keep_store and store_path.exists():
+            with report.phase("remove_store"):
+                remove_store(store_path)
+        report.close()
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except BddnError as error:   # bad options or too little disk/memory: one line, as the CLI does
+        print(f"fit_scale: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
