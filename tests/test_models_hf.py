@@ -180,3 +180,31 @@ def test_processor_config_sets_mean_std_and_interpolation(tmp_path: Path, small_
     assert prep.size == (32, 32) and prep.resize == "squash"
     plain = load_model(f"hf:{tmp_path / 'deit-like'}", reference_preprocessing=True).info.preprocessing
     assert plain.size == (224, 224) and plain.interpolation == "bicubic"
+
+
+def test_unreachable_hub_fails_at_once_without_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With HF_HUB_OFFLINE unset but no route to the hub, an uncached model fails in one line, at once."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    from stages.models.fetch import hub_reachable
+
+    with socket.socket() as listener:                      # a port nobody listens on: connection refused
+        listener.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    hub_reachable.cache_clear()
+    started = time.perf_counter()
+    with pytest.raises(WeightsUnavailableError, match="^clip: .*huggingface-cli download"):
+        load_model("clip")
+    assert time.perf_counter() - started < 10
+    assert not hub_reachable(closed)
+    with socket.socket() as listener:                      # a listening port counts as reachable
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        assert hub_reachable(f"http://127.0.0.1:{listener.getsockname()[1]}")

@@ -4,13 +4,16 @@ Hubs fail in many ways when weights are neither cached nor reachable: ``OSError`
 transformers, ``LocalEntryNotFoundError`` (an ``OSError``) from huggingface_hub, ``URLError``
 (an ``OSError``) or ``RuntimeError`` from torch hub downloads. The user needs one line:
 which model, why, and how to supply the weights. :func:`hub_offline` also reads
-``HF_HUB_OFFLINE`` at call time (huggingface_hub reads it once, at import), so an offline
-run fails at once instead of retrying a download that cannot succeed.
+``HF_HUB_OFFLINE`` at call time (huggingface_hub reads it once, at import) and treats an
+unreachable hub as offline, so a machine without network loads cached weights or fails at
+once, instead of retrying (for about 30 s) a download that cannot succeed.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import socket
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -39,11 +42,26 @@ def weights_unavailable(model_id: str, source: str, *, fix: str, reason: str = "
 
 
 def hub_offline() -> bool:
-    """Whether Hugging Face hub access is switched off (``HF_HUB_OFFLINE`` now, or when huggingface_hub was imported)."""
+    """Whether the Hugging Face hub is out of use: switched off (``HF_HUB_OFFLINE`` now, or when
+    huggingface_hub was imported) or unreachable (:func:`hub_reachable`)."""
     from huggingface_hub import constants
 
     flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    return flag or bool(constants.HF_HUB_OFFLINE)
+    return flag or bool(constants.HF_HUB_OFFLINE) or not hub_reachable(constants.ENDPOINT)
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether ``endpoint``'s host accepts a TCP connection within ``timeout`` seconds (asked once per process)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def hub_commit(repo_id: str, filename: str) -> str | None:
