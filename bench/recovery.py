@@ -43,7 +43,7 @@ from cache.store import FeatureStore  # noqa: E402
 from pipeline import runroot  # noqa: E402
 from pipeline.config import build_config  # noqa: E402
 from pipeline.subjects import load_subject  # noqa: E402
-from pipeline.surfaces import mesh_neighbours  # noqa: E402
+from pipeline.surfaces import mesh_neighbours, shared_sphere_coordinates  # noqa: E402
 from pipeline.synthetic.layout import load_planted_truth  # noqa: E402
 from stages.fit.config import FitConfig, config_record, reference_preset  # noqa: E402
 from stages.fit.multisubject import fit_factortopy_multi  # noqa: E402
@@ -186,8 +186,9 @@ def run_method(method: str, store: FeatureStore, subject: Subject, subjects: lis
         return {subject.name: fit_ridge(store, subject, RidgeConfig())}
     if method == "joint":
         cfg = configs["joint"]
-        fits = fit_factortopy_multi(store, subjects, cfg, checkpoint_dir=None, progress=False,
-                                    neighbours=[_neighbours(cfg, s) for s in subjects])
+        shared = shared_sphere_coordinates(subjects)
+        fits = fit_factortopy_multi(store, shared, cfg, checkpoint_dir=None, progress=False,
+                                    neighbours=[_neighbours(cfg, s) for s in shared])
         return {fit.subject: fit for fit in fits}
     if method == "improved-each":
         return {s.name: fit_factortopy(store, s, configs["improved"], checkpoint_dir=None, progress=False,

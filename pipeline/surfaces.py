@@ -27,15 +27,18 @@ their z is set to 0 like the rest, so "in some face" is the test for being on th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import nibabel as nib
 import numpy as np
 
 from cache.errors import InvalidInputError, MissingInputError
 from stages.mesh import CorticalMesh, HemisphereMesh
+from stages.subject import FSAVERAGE7_VERTICES, Subject
 
 #: Vertices per hemisphere of each supported fsaverage order.
 MESH_VERTICES = {"fsaverage5": 10_242, "fsaverage6": 40_962, "fsaverage": 163_842}
@@ -136,6 +139,23 @@ def sphere_coordinates(hemisphere: np.ndarray, fsaverage_index: np.ndarray, *,
         target = lh_x.min() + RH_SHIFT * (lh_x.max() - lh_x.min())
         coords[right, 0] += target - rh_x.min()
     return coords
+
+
+def shared_sphere_coordinates(subjects: Sequence[Subject], *, subjects_dir: Path | None = None) -> list[Subject]:
+    """The subjects with sphere coordinates from one right-hemisphere shift, computed over all their vertices.
+
+    Each subject's own coordinates shift the right hemisphere by an amount that depends on
+    its vertex set, so the same fsaverage vertex sits at different positions in different
+    subjects. Selectors shared by a joint fit are functions of position and need one
+    position per vertex.
+    """
+    keys = [np.asarray(s.fsaverage_index, np.int64) + (np.asarray(s.hemisphere) == "rh") * FSAVERAGE7_VERTICES
+            for s in subjects]
+    union, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    hemisphere = np.where(union >= FSAVERAGE7_VERTICES, "rh", "lh")
+    coords = sphere_coordinates(hemisphere, union % FSAVERAGE7_VERTICES, subjects_dir=subjects_dir)
+    rows = np.split(inverse, np.cumsum([len(k) for k in keys])[:-1])
+    return [dataclasses.replace(s, sphere_coords=coords[r]) for s, r in zip(subjects, rows)]
 
 
 def mesh_neighbours(hemisphere: np.ndarray, fsaverage_index: np.ndarray, *,

@@ -13,7 +13,7 @@ from stages.fit import train as train_module
 from stages.fit.checkpoint import CHECKPOINT_JSON
 from stages.fit.config import FitConfig
 from stages.fit.factortopy import FactorTopy, FactorTopyConfig
-from stages.fit.multisubject import JOINT_METHOD, fit_factortopy_multi
+from stages.fit.multisubject import JOINT_METHOD, check_shared_positions, fit_factortopy_multi
 from stages.fit.train import fit_factortopy, interleaved_batches
 from stages.fit.warmstart import fit_selectors
 from train_fixtures import Killed, interrupt_after_first_checkpoint, make_store, make_subject
@@ -172,3 +172,21 @@ def test_warm_start_fits_shared_selectors_to_the_mean_target():
         fit_selectors(model, space_targets=[first])
     with pytest.raises(InvalidInputError, match="one per subject"):
         fit_selectors(model, space_targets=first)
+
+
+def test_subjects_placing_a_vertex_apart_are_refused_until_given_one_offset(store, subjects, monkeypatch):
+    """Each subject's own right-hemisphere shift depends on its vertex set; a joint fit needs one shift."""
+    from pipeline.surfaces import shared_sphere_coordinates, sphere_coordinates
+
+    hemisphere = np.array(["lh", "lh", "lh", "rh", "rh", "rh"])
+    vertex_sets = (np.array([0, 1, 2, 0, 1, 2]), np.array([1, 2, 3, 1, 2, 5000]))
+    own = [replace(subject, hemisphere=hemisphere, fsaverage_index=index,
+                   sphere_coords=sphere_coordinates(hemisphere, index))
+           for subject, index in zip(subjects, vertex_sets)]
+    _never_trains(monkeypatch)
+    with pytest.raises(InvalidInputError, match=r"subj02: fsaverage vertex \d+ \(rh\) sits .*shared_sphere_coordinates"):
+        fit_factortopy_multi(store, own, FitConfig(**FAST), checkpoint_dir=None, progress=False)
+    shared = shared_sphere_coordinates(own)
+    np.testing.assert_array_equal(shared[0].sphere_coords[[1, 2, 4, 5]], shared[1].sphere_coords[[0, 1, 3, 4]])
+    np.testing.assert_array_equal(shared[0].sphere_coords[:3], own[0].sphere_coords[:3])  # left hemisphere unshifted
+    check_shared_positions(shared)

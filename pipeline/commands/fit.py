@@ -17,6 +17,7 @@ from cache.store import FeatureStore
 from pipeline import runroot
 from pipeline.config import build_config, load_toml
 from pipeline.subjects import list_subject_readers, load_subject
+from pipeline.surfaces import mesh_neighbours, shared_sphere_coordinates
 from stages.fit.config import FitConfig, config_record, reference_preset
 from stages.fit.multisubject import fit_factortopy_multi
 from stages.fit.result import FIT_JSON, FitResult
@@ -136,7 +137,7 @@ def run_joint(args: argparse.Namespace, run_root: Path, preset: dict[str, Any], 
                           "use --subject")
     if len(args.subjects) < 2:
         raise ConfigError(f"--subjects needs two or more subjects, got {args.subjects}; use --subject for one")
-    subjects = [_load_subject(args, key, data_root) for key in args.subjects]
+    subjects = shared_sphere_coordinates([_load_subject(args, key, data_root) for key in args.subjects])
     store = _open_store(args, run_root)
     names = [subject.name for subject in subjects]
     group = runroot.joint_fit_dir(run_root, args.model, names)
@@ -196,7 +197,6 @@ def _neighbours(cfg: FitConfig, subject: Subject) -> np.ndarray | None:
     """Mesh neighbour pairs of the subject's vertices when the smoothness penalty is on."""
     if cfg.smoothness_weight <= 0:
         return None
-    from pipeline.surfaces import mesh_neighbours
     return mesh_neighbours(subject.hemisphere, subject.fsaverage_index)
 
 

@@ -28,7 +28,7 @@ from cache.store import FeatureStore
 from stages.fit.config import FitConfig
 from stages.fit.outputs import TrainedFit
 from stages.fit.train import train_factortopy
-from stages.subject import Subject
+from stages.subject import FSAVERAGE7_VERTICES, Subject
 
 #: Method label of every subject's result of a joint fit.
 JOINT_METHOD = "factortopy-joint"
@@ -56,7 +56,8 @@ def fit_factortopy_multi(stores: FeatureStore | Sequence[FeatureStore], subjects
         one fit per subject, in the order given.
 
     Raises:
-        InvalidInputError: fewer than two subjects, repeated names, or not one store per subject.
+        InvalidInputError: fewer than two subjects, repeated names, not one store per subject, or
+            subjects placing one fsaverage vertex at different sphere positions.
         StoreMismatchError: stores of different models or layers (and every single-subject check).
         IncompleteStoreError: a subject's images are missing from its store.
     """
@@ -68,6 +69,7 @@ def fit_factortopy_multi(stores: FeatureStore | Sequence[FeatureStore], subjects
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise InvalidInputError(f"subjects {repeated} are given more than once; a joint fit takes each subject once")
+    check_shared_positions(subjects)
     stores = [stores] * len(subjects) if isinstance(stores, FeatureStore) else list(stores)
     if len(stores) != len(subjects):
         raise InvalidInputError(f"{len(stores)} feature stores for {len(subjects)} subjects; pass one store for all "
@@ -82,3 +84,26 @@ def joint_result(result: TrainedFit, names: Sequence[str], index: int) -> Traine
     provenance = {**result.provenance, "joint": {"subjects": list(names), "subject_index": index,
                                                  "shared": ["bottlenecks", "selectors"]}}
     return dataclasses.replace(result, method=JOINT_METHOD, provenance=provenance)
+
+
+def check_shared_positions(subjects: Sequence[Subject], *, tolerance: float = 1e-3) -> None:
+    """Refuse subjects whose sphere coordinates disagree at a vertex they share.
+
+    The shared selectors are functions of position, so one fsaverage vertex must have one
+    position in every subject. Each subject's own right-hemisphere shift depends on its vertex
+    set; ``pipeline.surfaces.shared_sphere_coordinates`` gives the subjects one shift.
+    """
+    keys = np.concatenate([np.asarray(s.fsaverage_index, np.int64) + (np.asarray(s.hemisphere) == "rh") * FSAVERAGE7_VERTICES
+                           for s in subjects])
+    coords = np.concatenate([np.asarray(s.sphere_coords, np.float64) for s in subjects])
+    owner = np.repeat(np.arange(len(subjects)), [s.n_vertices for s in subjects])
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    gaps = np.abs(coords - coords[first[inverse]]).max(axis=1)
+    worst = int(gaps.argmax())
+    if gaps[worst] > tolerance:
+        key = int(keys[worst])
+        raise InvalidInputError(
+            f"{subjects[owner[worst]].name}: fsaverage vertex {key % FSAVERAGE7_VERTICES} "
+            f"({'rh' if key >= FSAVERAGE7_VERTICES else 'lh'}) sits {gaps[worst]:.3g} away from where "
+            f"{subjects[owner[first[inverse[worst]]]].name} puts it; give the subjects one hemisphere offset "
+            "(pipeline.surfaces.shared_sphere_coordinates) before a joint fit")
