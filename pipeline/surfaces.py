@@ -149,8 +149,7 @@ def shared_sphere_coordinates(subjects: Sequence[Subject], *, subjects_dir: Path
     subjects. Selectors shared by a joint fit are functions of position and need one
     position per vertex.
     """
-    keys = [np.asarray(s.fsaverage_index, np.int64) + (np.asarray(s.hemisphere) == "rh") * FSAVERAGE7_VERTICES
-            for s in subjects]
+    keys = [s.concatenated_index for s in subjects]
     union, inverse = np.unique(np.concatenate(keys), return_inverse=True)
     hemisphere = np.where(union >= FSAVERAGE7_VERTICES, "rh", "lh")
     coords = sphere_coordinates(hemisphere, union % FSAVERAGE7_VERTICES, subjects_dir=subjects_dir)

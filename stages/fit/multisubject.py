@@ -93,8 +93,7 @@ def check_shared_positions(subjects: Sequence[Subject], *, tolerance: float = 1e
     position in every subject. Each subject's own right-hemisphere shift depends on its vertex
     set; ``pipeline.surfaces.shared_sphere_coordinates`` gives the subjects one shift.
     """
-    keys = np.concatenate([np.asarray(s.fsaverage_index, np.int64) + (np.asarray(s.hemisphere) == "rh") * FSAVERAGE7_VERTICES
-                           for s in subjects])
+    keys = np.concatenate([s.concatenated_index for s in subjects])
     coords = np.concatenate([np.asarray(s.sphere_coords, np.float64) for s in subjects])
     owner = np.repeat(np.arange(len(subjects)), [s.n_vertices for s in subjects])
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
