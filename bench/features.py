@@ -30,14 +30,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cache.store import FeatureStore  # noqa: E402
-from pipeline.demo_images import write_demo_images  # noqa: E402
-from pipeline.images import image_source_from_folder  # noqa: E402
-from stages.extract import (  # noqa: E402
+from pipeline.imagesets.demo import write_demo_images  # noqa: E402
+from pipeline.imagesets.folder import image_source_from_folder  # noqa: E402
+from stages.features.extract import (  # noqa: E402
     ExtractConfig, autocast_context, chunk_batches, extract_features, resolve_autocast, resolve_device,
     store_layout, store_provenance, tune_allocator,
 )
 from stages.models.preprocess import image_to_tensor  # noqa: E402
-from stages.scaleout import ModelRequest  # noqa: E402
+from stages.models.registry import ModelRequest  # noqa: E402
 
 MODELS = (
     ModelRequest("mobilenet_v2"),
@@ -138,7 +138,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="alternating bare/extraction runs per model (default 2)")
     parser.add_argument("--default-allocator", action="store_true",
-                        help="leave glibc's allocator as it is (see stages.extract.tune_allocator)")
+                        help="leave glibc's allocator as it is (see stages.features.extract.tune_allocator)")
     parser.add_argument("--models", default=",".join(r.name for r in MODELS),
                         help="comma-separated subset of the benchmarked models")
     args = parser.parse_args()

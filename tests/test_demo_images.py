@@ -12,8 +12,8 @@ from PIL import Image
 
 from cache.errors import InvalidInputError
 from pipeline import cli, runroot
-from pipeline.demo_images import MANIFEST_NAME, SOURCES, write_demo_images
-from pipeline.images import image_source_from_folder
+from pipeline.imagesets.demo import MANIFEST_NAME, SOURCES, write_demo_images
+from pipeline.imagesets.folder import image_source_from_folder
 
 
 def _pixels(folder: Path, name: str) -> np.ndarray:

@@ -14,10 +14,10 @@ from PIL import Image
 
 from cache.errors import ConfigError, InvalidInputError, StoreMismatchError
 from cache.store import FeatureStore
-from stages.extract import (
+from stages.features.extract import (
     ExtractConfig, extract_features, resolve_autocast, store_layout, store_provenance, tune_allocator,
 )
-from stages.images import ImageSource
+from stages.features.image_source import ImageSource
 from stages.models.base import FeatureModel, LayerTokens, ModelInfo, Preprocessing
 from stages.models.preprocess import image_to_tensor
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from cache.store import FeatureStore
 from pipeline import cli, runroot
-from pipeline.demo_images import write_demo_images
+from pipeline.imagesets.demo import write_demo_images
 
 MODEL = "timm:test_vit"
 

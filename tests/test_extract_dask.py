@@ -11,11 +11,12 @@ import zarr
 
 from cache.errors import InvalidInputError
 from cache.store import FeatureStore
-from pipeline.demo_images import write_demo_images
-from pipeline.images import image_source_from_folder
-from stages.extract import ExtractConfig, extract_features, store_layout, store_provenance
-from stages.images import ImageSource
-from stages.scaleout import ModelRequest, extract_features_distributed, load_requested_model
+from pipeline.imagesets.demo import write_demo_images
+from pipeline.imagesets.folder import image_source_from_folder
+from stages.features.extract import ExtractConfig, extract_features, store_layout, store_provenance
+from stages.features.image_source import ImageSource
+from stages.models.registry import ModelRequest
+from stages.features.scaleout import extract_features_distributed, load_requested_model
 
 REQUEST = ModelRequest("timm:test_vit", pretrained=False, seed=1)
 

@@ -15,7 +15,7 @@ import zarr
 
 from cache.store import FeatureStore
 from pipeline import cli, runroot
-from pipeline.demo_images import write_demo_images
+from pipeline.imagesets.demo import write_demo_images
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "timm:test_vit"

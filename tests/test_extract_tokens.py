@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from stages.models.base import LayerTokens
-from stages.tokens import resize_tokens, tokens_to_numpy
+from stages.features.token_grids import resize_tokens, tokens_to_numpy
 
 
 def _bilinear_half_pixel(values: np.ndarray, size: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import cli, runroot
 from pipeline.commands import fit as fit_command
-from pipeline.report_inputs import discover_inputs
+from pipeline.report.inputs import discover_inputs
 from stages.fit.config import FitConfig, reference_preset
 from stages.fit.result import FIT_JSON, VERTEX_TABLE, WEIGHTS_FILE, FitResult
 from train_fixtures import make_store, make_subject

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cache.errors import InvalidInputError, MissingInputError
-from pipeline.images import (
+from pipeline.imagesets.folder import (
     DECODING_POLICY, MIN_SIDE, FolderImageLoader, decode_image, image_source_from_folder, list_image_files,
     stable_image_id,
 )

@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from pipeline.cli import main
-from pipeline.report_inputs import discover_inputs, load_input, load_report_meshes
+from pipeline.report.inputs import discover_inputs, load_input, load_report_meshes
 from pipeline.synthetic.layout import write_planted_truth
 from report_helpers import planted_fit
 
@@ -63,8 +63,8 @@ def test_top_channel_figures_from_a_saved_factortopy_fit(tmp_path: Path) -> None
     from PIL import Image
     from safetensors.torch import save_file as save_torch
 
-    from pipeline.report_inputs import load_input
-    from pipeline.report_topchannels import list_images, top_channel_figures
+    from pipeline.report.inputs import load_input
+    from pipeline.report.topchannels import list_images, top_channel_figures
     from stages.fit.factortopy import FactorTopy, FactorTopyConfig
     from stages.fit.result import layer_weight_column
     from stages.models.registry import load_model

@@ -19,7 +19,7 @@ from stages.report.summaries import score_hierarchy, summarise_rois
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipeline.report_output import save_figure, save_table
+    from pipeline.report.output import save_figure, save_table
 
     root = tmp_path_factory.mktemp("figures")
     fit = planted_fit()

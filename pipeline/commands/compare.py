@@ -10,8 +10,8 @@ from cache.errors import InvalidInputError
 from cache.provenance import hash_strings
 from pipeline import runroot
 from pipeline.commands.figures import add_space_extent_argument, build_report_config, parse_list
-from pipeline.report_inputs import load_input, load_report_meshes
-from pipeline.report_output import save_figure
+from pipeline.report.inputs import load_input, load_report_meshes
+from pipeline.report.output import save_figure
 from stages.report.compare import average_fits, fit_label, render_comparison_grid, render_difference
 from stages.report.config import with_space_extent
 

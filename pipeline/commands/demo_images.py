@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline import demo_images, runroot
+from pipeline import runroot
+from pipeline.imagesets import demo as demo_images
 
 NAME = "demo-images"
 HELP = ("write the seeded demo image set (variations of the photos inside scikit-image, scikit-learn and "

@@ -12,9 +12,10 @@ from cache.errors import ConfigError
 from cache.store import FeatureStore
 from pipeline import runroot
 from pipeline.config import build_config, config_to_dict, load_toml
-from pipeline.images import image_source_from_folder, validate_images
-from stages.extract import ExtractConfig, extract_features, store_layout, store_provenance, tune_allocator
-from stages.scaleout import ModelRequest, extract_features_distributed
+from pipeline.imagesets.folder import image_source_from_folder, validate_images
+from stages.features.extract import ExtractConfig, extract_features, store_layout, store_provenance, tune_allocator
+from stages.models.registry import ModelRequest
+from stages.features.scaleout import extract_features_distributed
 
 NAME = "features"
 HELP = ("stage one: run a model once over an image set and write its per-layer features to "

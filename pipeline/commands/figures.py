@@ -9,9 +9,9 @@ from pathlib import Path
 from cache.errors import MissingInputError
 from pipeline import runroot
 from pipeline.config import build_config, load_toml
-from pipeline.report_inputs import discover_inputs, load_report_meshes
-from pipeline.report_output import write_report
-from pipeline.report_topchannels import list_images
+from pipeline.report.inputs import discover_inputs, load_report_meshes
+from pipeline.report.output import write_report
+from pipeline.report.topchannels import list_images
 from stages.report.config import FORMATS, ReportConfig
 
 NAME = "figures"

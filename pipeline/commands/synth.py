@@ -10,7 +10,7 @@ from cache.errors import MissingInputError
 from cache.store import FeatureStore
 from pipeline import runroot
 from pipeline.config import build_config, load_toml
-from pipeline.images import list_image_files, stable_image_id
+from pipeline.imagesets.folder import list_image_files, stable_image_id
 from pipeline.synthetic.config import SyntheticConfig
 from pipeline.synthetic.generate import synthesize_subject
 

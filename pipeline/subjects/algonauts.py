@@ -13,7 +13,7 @@ Layout (``../shared/docs/data-formats.md``)::
 
 Row i of an fMRI array belongs to the i-th image in sorted file-name order; column j
 to the j-th challenge vertex in ascending fsaverage index. Stimulus ids come from
-:func:`pipeline.images.stable_image_id` (``train-0001_nsd-00013.png`` -> ``nsd-00013``).
+:func:`pipeline.imagesets.folder.stable_image_id` (``train-0001_nsd-00013.png`` -> ``nsd-00013``).
 
 Noise ceiling units: the Algonauts 2023 preparation computes the ceiling as the
 fraction ``ncsnr^2 / (ncsnr^2 + 1/n)`` (0..1), while NSD's own noise-ceiling maps are
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from cache.errors import InvalidInputError, MissingInputError
-from pipeline.images import list_image_files, stable_image_id
+from pipeline.imagesets.folder import list_image_files, stable_image_id
 from pipeline.subjects.assemble import assemble_subject, finite_vertices, subject_label
 from pipeline.subjects.files import check_numeric, check_surface_labels, load_label_mapping, load_npy
 from pipeline.subjects.rois import describe_mask, roi_masks_from_labels, select_vertices

@@ -3,7 +3,7 @@
 What the user brings:
 
 - an **images folder**: row i of the responses belongs to the i-th file in sorted
-  file-name order (as in Algonauts); ids from :func:`pipeline.images.stable_image_id`;
+  file-name order (as in Algonauts); ids from :func:`pipeline.imagesets.folder.stable_image_id`;
 - **responses**: ``.npy`` of shape (n_images, n_vertices), or Parquet with one numeric
   column per vertex (column order = vertex order);
 - a **vertex list**: concatenated fsaverage indices (0..327683, right hemisphere offset
@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache.errors import InvalidInputError, MissingInputError
-from pipeline.images import list_image_files, stable_image_id
+from pipeline.imagesets.folder import list_image_files, stable_image_id
 from pipeline.subjects.assemble import assemble_subject, finite_vertices, subject_label
 from pipeline.subjects.files import check_numeric, load_npy, require_file
 from pipeline.subjects.rois import describe_mask, select_vertices

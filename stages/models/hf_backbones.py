@@ -25,7 +25,7 @@ from stages.models.base import LayerTokens, ModelInfo, Preprocessing
 from stages.models.fetch import hub_commit, hub_offline, weights_unavailable_on_failure
 from stages.models.preprocess import CLIP_MEAN, CLIP_STD, HALF, IMAGENET_MEAN, IMAGENET_STD
 from stages.models.preprocess import reference_preprocessing as reference_preset
-from stages.models.tokens import FrozenFeatureModel, first_output, grid_tokens, sequence_tokens
+from stages.models.block_tokens import FrozenFeatureModel, first_output, grid_tokens, sequence_tokens
 
 
 @dataclass(frozen=True)

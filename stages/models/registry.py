@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
+
 from cache.errors import InvalidInputError
 from stages.models.base import FeatureModel
 from stages.models.hf_backbones import load_hf
@@ -140,6 +142,31 @@ _SPECS = (
               _MOBILENET_GRIDS, _MEAN + "; embedded default, weights installed by `make setup`"),
 )
 _REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """How to load a model, small and hashable so it can travel to workers and key a cache.
+
+    Attributes:
+        name: registry name (``"mobilenet_v2"``, ``"timm:vit_small_patch16_224"``...).
+        pretrained: ``False`` builds random-init weights (seeded by ``seed``).
+        checkpoint: a weights file or folder, for models that take one.
+        reference_preprocessing: use the reference's ImageNet 224 preprocessing instead of the model's own.
+        seed: torch seed set right before building the model, so random-init weights are reproducible.
+    """
+
+    name: str
+    pretrained: bool = True
+    checkpoint: str | None = None
+    reference_preprocessing: bool = False
+    seed: int = 0
+
+    def load(self) -> FeatureModel:
+        """Build the model (eval mode, frozen) from the registry."""
+        torch.manual_seed(self.seed)
+        return load_model(self.name, pretrained=self.pretrained, checkpoint=self.checkpoint,
+                          reference_preprocessing=self.reference_preprocessing)
 
 
 def list_models() -> list[ModelSpec]:

@@ -21,7 +21,7 @@ from cache.errors import InvalidInputError
 from stages.models.base import LayerTokens, ModelInfo, Preprocessing
 from stages.models.fetch import hub_commit, hub_offline, weights_unavailable, weights_unavailable_on_failure
 from stages.models.preprocess import reference_preprocessing as reference_preset
-from stages.models.tokens import FrozenFeatureModel, grid_tokens
+from stages.models.block_tokens import FrozenFeatureModel, grid_tokens
 
 
 class TimmBackbone(FrozenFeatureModel):

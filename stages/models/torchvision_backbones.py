@@ -19,7 +19,7 @@ from cache.provenance import hash_file
 from stages.models.base import LayerTokens, ModelInfo, Preprocessing
 from stages.models.fetch import weights_unavailable_on_failure
 from stages.models.preprocess import reference_preprocessing as reference_preset
-from stages.models.tokens import FrozenFeatureModel, grid_tokens
+from stages.models.block_tokens import FrozenFeatureModel, grid_tokens
 
 
 class TorchvisionBackbone(FrozenFeatureModel):

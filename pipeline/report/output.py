@@ -28,8 +28,8 @@ from tqdm import tqdm
 from cache.errors import InvalidInputError
 from cache.provenance import environment_record
 from pipeline.config import config_to_dict
-from pipeline.report_inputs import ReportInput, joint_subjects
-from pipeline.report_topchannels import top_channel_figures
+from pipeline.report.inputs import ReportInput, joint_subjects
+from pipeline.report.topchannels import top_channel_figures
 from stages.mesh import CorticalMesh
 from stages.report.clusters import cluster_channels
 from stages.report.compare import average_fits, fit_label, render_comparison_grid, render_difference

@@ -13,43 +13,15 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from cache.store import FeatureStore
-from stages.extract import ExtractConfig, ExtractReport, extract_chunks, raise_for_failures, tune_allocator
-from stages.images import ImageSource
+from stages.features.extract import ExtractConfig, ExtractReport, extract_chunks, raise_for_failures, tune_allocator
+from stages.features.image_source import ImageSource
 from stages.models.base import FeatureModel
-
-
-@dataclass(frozen=True)
-class ModelRequest:
-    """How to load a model, small and hashable so it can travel to workers and key a cache.
-
-    Attributes:
-        name: registry name (``"mobilenet_v2"``, ``"timm:vit_small_patch16_224"``...).
-        pretrained: ``False`` builds random-init weights (seeded by ``seed``).
-        checkpoint: a weights file or folder, for models that take one.
-        reference_preprocessing: use the reference's ImageNet 224 preprocessing instead of the model's own.
-        seed: torch seed set right before building the model, so random-init weights are reproducible.
-    """
-
-    name: str
-    pretrained: bool = True
-    checkpoint: str | None = None
-    reference_preprocessing: bool = False
-    seed: int = 0
-
-    def load(self) -> FeatureModel:
-        """Build the model (eval mode, frozen) from the registry."""
-        from stages.models.registry import load_model
-
-        torch.manual_seed(self.seed)
-        return load_model(self.name, pretrained=self.pretrained, checkpoint=self.checkpoint,
-                          reference_preprocessing=self.reference_preprocessing)
+from stages.models.registry import ModelRequest
 
 
 @functools.lru_cache(maxsize=2)

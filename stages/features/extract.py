@@ -3,7 +3,7 @@
 Pipeline (one process): background threads decode and preprocess whole batches
 ahead of the model; the model runs on the device (CUDA when present, with bf16
 autocast there by default); each block's local tokens are resized to the store's
-grids (``stages.tokens``) and cast to the store dtype; finished image blocks
+grids (``stages.features.token_grids``) and cast to the store dtype; finished image blocks
 (chunks) go through a bounded queue to a writer thread, so writes overlap compute.
 
 Batches never cross a chunk boundary: chunk ``c`` is always cut into the same
@@ -34,10 +34,10 @@ from tqdm.auto import tqdm
 from cache.errors import ConfigError, InvalidInputError, StoreMismatchError
 from cache.provenance import environment_record, hash_strings
 from cache.store import FeatureStore, StoreLayout
-from stages.images import ImageSource
+from stages.features.image_source import ImageSource
 from stages.models.base import FeatureModel
 from stages.models.preprocess import image_to_tensor
-from stages.tokens import tokens_to_numpy
+from stages.features.token_grids import tokens_to_numpy
 
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
@@ -51,7 +51,7 @@ class ExtractConfig:
         grids: side lengths of the local-token grids stored per layer (the paper: 8).
         dtype: store element type, ``"float16"`` or ``"float32"``.
         chunk_images: images per store chunk; ``None`` lets the store pick ~8 MiB chunks.
-        antialias: widen the bilinear filter when shrinking token grids (``stages.tokens``);
+        antialias: widen the bilinear filter when shrinking token grids (``stages.features.token_grids``);
             ``False`` is the reference's plain bilinear.
         batch_size: images per forward pass (never crossing a chunk boundary).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...

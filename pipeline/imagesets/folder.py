@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cache.errors import InvalidInputError, MissingInputError
-from stages.images import ImageSource
+from stages.features.image_source import ImageSource
 
 #: Smallest accepted image side in pixels: smaller images carry too little for a 224 px model input.
 MIN_SIDE = 16

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from cache.errors import InvalidInputError, MissingInputError
-from pipeline.report_inputs import ReportInput
+from pipeline.report.inputs import ReportInput
 from stages.fit.result import WEIGHTS_FILE
 from stages.models.preprocess import image_to_tensor
 from stages.models.registry import load_model
