@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from cache.errors import InvalidInputError
+from cache.jsondata import to_json_data
 
 #: Version of the on-disk schema described above; bump on any incompatible change.
 FORMAT_VERSION = 1
@@ -96,7 +97,7 @@ class StoreLayout:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record of the layout (tuples become lists)."""
-        return json.loads(json.dumps(asdict(self)))
+        return to_json_data(self)
 
 
 def _positive_ints(values: Any, name: str) -> list[int]:
@@ -159,7 +160,7 @@ def json_ready(value: Any) -> Any:
     Raises InvalidInputError when it cannot be stored as JSON.
     """
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        return to_json_data(value, allow_nan=False)
     except (TypeError, ValueError) as error:
         raise InvalidInputError(f"store provenance must be plain JSON data (dicts, lists, str, numbers): {error}") from None
 

@@ -9,7 +9,6 @@ the same test images (like NSD's shared images), which allows comparisons across
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cache.errors import InvalidInputError, MissingInputError
+from cache.jsondata import to_json_data
 from cache.provenance import environment_record, hash_strings
 from cache.store import FeatureStore
 from pipeline.config import config_to_dict
@@ -94,7 +94,7 @@ def synthesize_subject(store: FeatureStore, image_files: Mapping[str, Path], roo
     target = Path(root) / name
     request = {"subject": int(subject), "seed": int(seed), "model": model, "config": config_to_dict(cfg),
                "store": store.identity()}
-    wanted = _jsonable(request)
+    wanted = to_json_data(request)
     existing = read_truth_record(target) if target.exists() else None
     if existing is not None and existing.get("request") == wanted and not overwrite:
         return _reused_summary(target, existing, started)
@@ -201,7 +201,3 @@ def _reused_summary(target: Path, record: dict[str, Any], started: float) -> Syn
                         noise_ceiling_achieved=float(record["noise_ceiling"]["achieved_mean"]),
                         seconds=time.perf_counter() - started, reused=True)
 
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists, numpy scalars plain)."""
-    return json.loads(json.dumps(value, default=lambda v: v.item() if isinstance(v, np.generic) else str(v)))

@@ -34,7 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache.errors import InvalidInputError, MissingInputError
-from stages.fit.result import FitResult, json_default, read_vertex_folder
+from cache.jsondata import json_default
+from stages.fit.result import FitResult, read_vertex_folder
 from stages.subject import FSAVERAGE7_VERTICES
 
 TRUTH_TABLE = "planted_truth.parquet"

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cache.errors import InvalidInputError, MissingInputError
+from cache.jsondata import json_default
 
 VERTEX_TABLE = "vertices.parquet"
 FIT_JSON = "fit.json"
@@ -148,13 +149,3 @@ def _atomic(target: Path, write: Any) -> None:
     write(partial)
     partial.replace(target)
 
-
-def json_default(value: Any) -> Any:
-    """``json.dumps`` fallback for numpy scalars and arrays and paths."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
