@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cache.store import FeatureStore  # noqa: E402
 from pipeline.imagesets.demo import write_demo_images  # noqa: E402
 from pipeline.imagesets.folder import image_source_from_folder  # noqa: E402
+from stages.device import PRECISIONS, autocast_context, parse_precision, resolve_device  # noqa: E402
 from stages.features.extract import (  # noqa: E402
-    ExtractConfig, autocast_context, chunk_batches, extract_features, resolve_autocast, resolve_device,
+    ExtractConfig, chunk_batches, extract_features, resolve_extract_precision,
     store_layout, store_provenance, tune_allocator,
 )
 from stages.models.preprocess import image_to_tensor  # noqa: E402
@@ -87,7 +88,7 @@ def bare_forward(model: torch.nn.Module, batches: list[torch.Tensor], cfg: Extra
     changed the bare loop's time by up to 1.5x here; see ``tune_allocator``).
     """
     device = resolve_device(cfg.device)
-    with Timer() as timer, torch.inference_mode(), autocast_context(device, resolve_autocast(cfg)):
+    with Timer() as timer, torch.inference_mode(), autocast_context(device, resolve_extract_precision(cfg)):
         outputs = None
         for batch in batches:
             outputs = model(batch.to(device))  # noqa: F841 (kept alive on purpose)
@@ -133,7 +134,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=240, help="number of demo images (default 240)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--autocast", default="auto", choices=("auto", "off", "bf16", "fp16"))
+    parser.add_argument("--precision", "--autocast", default="auto", type=parse_precision, choices=PRECISIONS)
     parser.add_argument("--decode-workers", type=int, default=2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--repeats", type=int, default=2, help="alternating bare/extraction runs per model (default 2)")
@@ -142,7 +143,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(r.name for r in MODELS),
                         help="comma-separated subset of the benchmarked models")
     args = parser.parse_args()
-    cfg = ExtractConfig(batch_size=args.batch_size, autocast=args.autocast, decode_workers=args.decode_workers,
+    cfg = ExtractConfig(batch_size=args.batch_size, precision=args.precision, decode_workers=args.decode_workers,
                         device=args.device)
     tuned = not args.default_allocator and tune_allocator()
     allocator = "large buffers kept in the heap" if tuned else "default allocator"
@@ -155,7 +156,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nstage one overhead on {resolve_device(cfg.device)} ({torch.get_num_threads()} threads), batch "
-          f"{cfg.batch_size}, autocast {resolve_autocast(cfg)}, decode workers {cfg.decode_workers}, float16 store, "
+          f"{cfg.batch_size}, precision {resolve_extract_precision(cfg)}, decode workers {cfg.decode_workers}, float16 store, "
           f"{allocator}")
     header = ("model", "images", "chunk", "bare s", "extract s", "ratio", "CPU-time ratio", "img/s", "MB", "MB/s",
               "disk MB", "peak RSS MB", "RSS growth MB")

@@ -63,7 +63,6 @@ Smoke test (CPU, under a minute on two free cores)::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import multiprocessing
@@ -91,7 +90,8 @@ from cache.errors import BddnError, InvalidInputError  # noqa: E402
 from cache.folder import remove_store  # noqa: E402
 from cache.store import FeatureStore, StoreLayout  # noqa: E402
 from stages.fit.warmstart import CELL_COMPONENTS, VERTEX_BLOCK  # noqa: E402
-from stages.subject import FSAVERAGE7_VERTICES, Subject  # noqa: E402
+from stages.mesh import FSAVERAGE7_VERTICES  # noqa: E402
+from stages.subject import Subject  # noqa: E402
 
 GRID = 8
 GB = 1e9
@@ -378,7 +378,7 @@ def run_fit(store: FeatureStore, subject: Subject, planted_layer: np.ndarray, ar
     from stages.fit.config import FitConfig
     from stages.fit.train import fit_factortopy
 
-    cfg = dataclasses.replace(FitConfig(), epochs=args.epochs, device=args.device)
+    cfg = FitConfig(epochs=args.epochs, device=args.device)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     if cuda:
         torch.cuda.reset_peak_memory_stats()

@@ -26,7 +26,6 @@ Targets (noise ceiling 0.4, >= 1,000 training images): layer within +-1 >= 95 %,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from pipeline.config import build_config  # noqa: E402
 from pipeline.subjects import load_subject  # noqa: E402
 from pipeline.surfaces import mesh_neighbours, shared_sphere_coordinates  # noqa: E402
 from pipeline.synthetic.layout import load_planted_truth  # noqa: E402
-from stages.fit.config import FitConfig, config_record, reference_preset  # noqa: E402
+from stages.fit.config import REFERENCE_PRESET, FitConfig  # noqa: E402
 from stages.fit.multisubject import fit_factortopy_multi  # noqa: E402
 from stages.fit.result import FitResult  # noqa: E402
 from stages.fit.ridge import RidgeConfig, fit_ridge  # noqa: E402
@@ -111,16 +110,10 @@ def method_configs(args: argparse.Namespace) -> dict[str, FitConfig]:
         target, _, assignment = item.partition(".")
         name, _, value = assignment.partition("=")
         overrides.setdefault(target, {})[name] = json.loads(value)
-    configs = {}
-    for method, base in (("reference", reference_preset()), ("improved", FitConfig()), ("joint", FitConfig())):
-        changes = dict(overrides.get(method, {}))
-        if args.epochs is not None:
-            changes.setdefault("epochs", args.epochs)
-        if "model" in changes:
-            changes["model"] = {**config_record(base)["model"], **changes["model"]}
-        checked = build_config(FitConfig, changes)
-        configs[method] = dataclasses.replace(base, **{k: getattr(checked, k) for k in changes})
-    return configs
+    epochs = {} if args.epochs is None else {"epochs": args.epochs}
+    return {method: build_config(FitConfig, REFERENCE_PRESET if method == "reference" else None, epochs,
+                                 overrides.get(method), where=f"{method} config")
+            for method in ("reference", "improved", "joint")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,46 +1,80 @@
-"""Build the frozen config dataclasses that stages own: defaults, then a TOML preset, then flags.
+"""Build the frozen config dataclasses that stages own, once, at the door: defaults, then preset tables, then flags.
 
-Unknown keys and wrong types fail at construction with a message naming the key,
-the value and what is allowed. The resolved config is plain JSON (``config_to_dict``)
-so it can be written into every output.
+Every source of settings is a table (a mapping, nested for nested configs): a built-in
+preset such as the fit's reference constants, a user's TOML preset, the flags the user
+gave (:func:`given_flags`). :func:`build_config` merges them in one step, later tables
+winning key by key, and constructs the dataclass; unknown keys and wrong types fail at
+construction with a message naming the key, the value and what is allowed. The resolved
+config is plain JSON (``cache.jsondata.to_json_data``) so it can be written into every output.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import tomllib
 import types
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cache.errors import ConfigError, MissingInputError
+from stages.device import parse_precision
 
 T = TypeVar("T")
 
 
-def build_config(cls: type[T], *layers: dict[str, Any] | None, where: str = "config") -> T:
-    """Instantiate the dataclass ``cls`` from its defaults overlaid by each mapping in turn.
+def build_config(cls: type[T], *tables: Mapping[str, Any] | None, where: str = "config") -> T:
+    """Instantiate the dataclass ``cls`` from its defaults overlaid by each table in turn (``None`` = no table).
 
-    Later layers win; ``None`` values in a layer mean "not given" and are skipped, so
-    argparse namespaces can be passed straight through. Nested dataclass fields take
-    nested mappings.
+    Later tables win key by key; nested tables (for nested dataclass fields) are merged,
+    not replaced. A key present in a table is a value, ``None`` included (it is checked
+    against the field's type: only optional fields take it); flags the user did not give
+    are left out of their table by :func:`given_flags`.
     """
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
     values: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in (layer or {}).items():
-            if value is None:
-                continue
-            if key not in fields:
-                allowed = ", ".join(sorted(fields))
-                raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {allowed}")
-            values[key] = _coerce(value, hints[key], f"{where}.{key}")
+    for key, value in merge_tables(*tables).items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(sorted(fields))}")
+        values[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{where}: {error}") from error
+
+
+def merge_tables(*tables: Mapping[str, Any] | None) -> dict[str, Any]:
+    """One table from several: later tables win key by key, nested tables merged (``None`` tables skipped)."""
+    merged: dict[str, Any] = {}
+    for table in tables:
+        for key, value in (table or {}).items():
+            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+                merged[key] = merge_tables(merged[key], value)
+            else:
+                merged[key] = dict(value) if isinstance(value, Mapping) else value
+    return merged
+
+
+def given_flags(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
+    """The table of the flags the user gave among ``names`` (argparse destinations whose default is ``None``;
+    a name the parser does not have counts as not given).
+
+    A dotted name (``"model.scale_mode"``) lands in a nested table (``{"model": {"scale_mode": ...}}``).
+    """
+    table: dict[str, Any] = {}
+    for name in names:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        *parents, leaf = name.split(".")
+        node = table
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return table
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -52,21 +86,6 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config preset {path} is not valid TOML: {error}") from error
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """The config as JSON-ready nested mappings (tuples become lists)."""
-    return _jsonable(dataclasses.asdict(config))
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -123,3 +142,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, hint):
             raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
+
+
+def precision_flag(text: str) -> str:
+    """argparse type of ``--precision`` (and stage one's ``--autocast``): a precision in the one vocabulary of
+    ``stages.device``, earlier spellings such as ``off`` accepted."""
+    try:
+        return parse_precision(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -37,14 +37,11 @@ import nibabel as nib
 import numpy as np
 
 from cache.errors import InvalidInputError, MissingInputError
-from stages.mesh import CorticalMesh, HemisphereMesh
-from stages.subject import FSAVERAGE7_VERTICES, Subject
+from stages.mesh import FSAVERAGE7_VERTICES, HEMISPHERES, MESH_VERTICES, CorticalMesh, HemisphereMesh
+from stages.subject import Subject
 
-#: Vertices per hemisphere of each supported fsaverage order.
-MESH_VERTICES = {"fsaverage5": 10_242, "fsaverage6": 40_962, "fsaverage": 163_842}
 #: Surface kinds :func:`load_mesh` knows.
 KINDS = ("sphere", "flat", "inflated", "pial", "white")
-HEMISPHERES = ("lh", "rh")
 #: The right hemisphere's minimum x is placed at lh_xmin + RH_SHIFT * (lh_xmax - lh_xmin).
 RH_SHIFT = 1.5
 
@@ -91,8 +88,8 @@ def mesh_for_indices(fsaverage_index: np.ndarray) -> str:
     for mesh, count in MESH_VERTICES.items():
         if top < count:
             return mesh
-    raise InvalidInputError(f"fsaverage index {top} is out of range: fsaverage has {MESH_VERTICES['fsaverage']} "
-                            "vertices per hemisphere (indices 0..163841)")
+    raise InvalidInputError(f"fsaverage index {top} is out of range: fsaverage has {FSAVERAGE7_VERTICES} "
+                            f"vertices per hemisphere (indices 0..{FSAVERAGE7_VERTICES - 1})")
 
 
 def surface_coordinates(kind: str, hemisphere: np.ndarray, fsaverage_index: np.ndarray, *,
@@ -204,7 +201,8 @@ def _checked_index(fsaverage_index: np.ndarray) -> np.ndarray:
         raise InvalidInputError(f"fsaverage indices must be a 1-D integer array, got dtype {index.dtype} "
                                 f"shape {index.shape}")
     if index.size and index.min() < 0:
-        raise InvalidInputError(f"fsaverage index {int(index.min())} is negative; indices are 0..163841")
+        raise InvalidInputError(f"fsaverage index {int(index.min())} is negative; "
+                                f"indices are 0..{FSAVERAGE7_VERTICES - 1}")
     return index.astype(np.int64)
 
 
@@ -235,8 +233,8 @@ def _smallest_available(needed: str, kind: str, subjects_dir: Path | None) -> Co
     folder = _subjects_dir(subjects_dir)
     where = f"SUBJECTS_DIR={folder}" if folder else "no SUBJECTS_DIR set"
     raise MissingInputError(
-        f"vertex indices reach beyond fsaverage5 (>= 10242), so the {kind} surface of {needed} or a larger "
-        f"fsaverage is needed, and none was found ({where}; only fsaverage5 is bundled). Get FreeSurfer's "
+        f"vertex indices reach beyond fsaverage5 (>= {MESH_VERTICES['fsaverage5']}), so the {kind} surface of "
+        f"{needed} or a larger fsaverage is needed, and none was found ({where}; only fsaverage5 is bundled). Get FreeSurfer's "
         f"fsaverage subject (it ships with FreeSurfer in $FREESURFER_HOME/subjects/fsaverage) and point "
         f"SUBJECTS_DIR (or --subjects-dir) at the folder that contains it")
 

@@ -1,7 +1,8 @@
 """Cortical surface meshes as data: what stage three draws on and stage two takes neighbours from.
 
 ``pipeline.surfaces`` builds these from FreeSurfer or nilearn files; stages never
-read mesh files themselves.
+read mesh files themselves. The mesh constants (hemisphere names, vertices per fsaverage
+order) are defined here and nowhere else.
 """
 
 from __future__ import annotations
@@ -9,6 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+#: The two hemispheres, left first: the order of every concatenation over hemispheres.
+HEMISPHERES = ("lh", "rh")
+
+#: Vertices per hemisphere of fsaverage (icosahedral order 7); right-hemisphere
+#: vertices are offset by this in the concatenated index space.
+FSAVERAGE7_VERTICES = 163_842
+
+#: Vertices per hemisphere of each supported fsaverage order (``"fsaverage"`` is order 7);
+#: lower orders are a prefix of higher ones.
+MESH_VERTICES = {"fsaverage5": 10_242, "fsaverage6": 40_962, "fsaverage": FSAVERAGE7_VERTICES}
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cache.errors import InvalidInputError
+from stages.mesh import FSAVERAGE7_VERTICES, HEMISPHERES, MESH_VERTICES
 
-#: Vertices per hemisphere of fsaverage (icosahedral order 7); right-hemisphere
-#: vertices are offset by this in the concatenated index space.
-FSAVERAGE7_VERTICES = 163_842
-
-#: Vertices per hemisphere of each fsaverage order; lower orders are a prefix of higher ones.
-MESH_VERTICES = {"fsaverage5": 10_242, "fsaverage6": 40_962, "fsaverage": FSAVERAGE7_VERTICES}
-
-HEMISPHERES = ("lh", "rh")
 SPLIT_NAMES = ("train", "val", "test")
 
 

@@ -1,10 +1,23 @@
-"""Shared test setup: every cache and data folder under tmp_path, no network, markers."""
+"""Shared test setup: every cache and data folder under tmp_path, no network, markers; the store and subject.
+
+``store`` is a finished random feature store (``builders.random_store``), sized by the closest
+``@pytest.mark.store(**sizes)`` marker (a module's ``pytestmark`` or a test's own); ``subject``
+is a subject planted on it (``builders.planted_subject``). ``make_store`` and ``make_subject``
+build more of them, with other sizes, inside a test.
+"""
 
 from __future__ import annotations
 
+import itertools
 import socket
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+
+from builders import planted_subject, random_store
+from cache.store import FeatureStore
+from stages.subject import Subject
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,3 +63,37 @@ def isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch: 
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+@pytest.fixture
+def make_store(tmp_path: Path) -> Callable[..., FeatureStore]:
+    """``make_store(path=None, **sizes)``: a finished random store (``builders.random_store``) under tmp_path."""
+    numbers = itertools.count()
+
+    def make(path: Path | None = None, **sizes: object) -> FeatureStore:
+        return random_store(path or tmp_path / f"features-{next(numbers)}.zarr", **sizes)
+
+    return make
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, make_store: Callable[..., FeatureStore]) -> FeatureStore:
+    """The test's random feature store, with the sizes of the closest ``store`` marker (else the defaults)."""
+    marker = request.node.get_closest_marker("store")
+    return make_store(**(marker.kwargs if marker else {}))
+
+
+@pytest.fixture
+def make_subject(request: pytest.FixtureRequest) -> Callable[..., tuple[Subject, dict]]:
+    """``make_subject(store=None, **sizes)``: a planted subject and its truth, on the ``store`` fixture by default."""
+
+    def make(store: FeatureStore | None = None, **sizes: object) -> tuple[Subject, dict]:
+        return planted_subject(request.getfixturevalue("store") if store is None else store, **sizes)
+
+    return make
+
+
+@pytest.fixture
+def subject(store: FeatureStore) -> Subject:
+    """A subject planted on the ``store`` fixture (``builders.planted_subject`` defaults: 6 vertices, seed 1)."""
+    return planted_subject(store)[0]

@@ -9,13 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from cache.errors import ConfigError
+from cache.jsondata import to_json_data
 from cache.store import FeatureStore
 from pipeline import runroot
-from pipeline.config import build_config, config_to_dict, load_toml
+from pipeline.config import build_config, given_flags, load_toml, precision_flag
 from pipeline.imagesets.folder import image_source_from_folder, validate_images
+from stages.device import PRECISIONS
 from stages.features.extract import ExtractConfig, extract_features, store_layout, store_provenance, tune_allocator
-from stages.models.registry import ModelRequest
 from stages.features.scaleout import extract_features_distributed
+from stages.models.registry import ModelRequest
 
 NAME = "features"
 HELP = ("stage one: run a model once over an image set and write its per-layer features to "
@@ -45,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"a named image set under <run root>/imagesets/ (default {runroot.DEFAULT_IMAGESET!r}, "
                              "written by `bddn demo-images`)")
     store = parser.add_argument_group("store")
-    store.add_argument("--grid", metavar="SIZES", type=_grids, default=None,
+    store.add_argument("--grid", metavar="SIZES", type=_grids, default=None, dest="grids",
                        help=f"comma-separated local-token grid sizes to store, e.g. 16,8 "
                             f"(default {','.join(map(str, defaults.grids))})")
     store.add_argument("--dtype", choices=("float16", "float32"), default=None,
@@ -61,9 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     compute.add_argument("--batch-size", metavar="N", type=int, default=None, help=f"images per forward pass (default {defaults.batch_size})")
     compute.add_argument("--device", metavar="DEVICE", default=None,
                          help=f"auto (CUDA when available), cpu, cuda, cuda:N (default {defaults.device})")
-    compute.add_argument("--autocast", choices=("auto", "off", "bf16", "fp16"), default=None,
-                         help="mixed precision for the model: auto = bf16 on CUDA, off on CPU "
-                              f"(default {defaults.autocast}; part of the store's provenance)")
+    compute.add_argument("--precision", "--autocast", type=precision_flag, metavar="{" + ",".join(PRECISIONS) + "}",
+                         default=None, dest="precision",
+                         help="autocast of the model (stages.device): auto = bf16 on CUDA (fp16 where bf16 is "
+                              "unsupported), fp32 on CPU; bf16 also applies on CPU (off = fp32) "
+                              f"(default {defaults.precision}; part of the store's provenance)")
     compute.add_argument("--decode-workers", metavar="N", type=int, default=None,
                          help=f"threads decoding images ahead of the model (default {defaults.decode_workers})")
     cluster = compute.add_mutually_exclusive_group()
@@ -84,9 +88,8 @@ def run(args: argparse.Namespace) -> int:
     run_root = runroot.resolve_run_root(args.run_root)
     folder, imageset = runroot.image_folder(run_root, args.images, args.imageset)
     preset = load_toml(args.config).get(_PRESET_TABLE, {}) if args.config else {}
-    flags = {"grids": args.grid, "dtype": args.dtype, "chunk_images": args.chunk_images, "antialias": args.antialias,
-             "batch_size": args.batch_size, "device": args.device, "autocast": args.autocast,
-             "decode_workers": args.decode_workers}
+    flags = given_flags(args, ("grids", "dtype", "chunk_images", "antialias", "batch_size", "device", "precision",
+                               "decode_workers"))
     cfg = build_config(ExtractConfig, preset, flags, where="features")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
                            reference_preprocessing=args.reference_preprocessing, seed=args.seed)
     model = request.load()
     run_record = {"imageset": imageset, "images_folder": str(folder), "workers": args.workers,
-                  "scheduler": args.scheduler, "config": config_to_dict(cfg)}
+                  "scheduler": args.scheduler, "config": to_json_data(cfg)}
     provenance = store_provenance(model, images, cfg, seed=args.seed if args.random_init else None, run=run_record)
     path = runroot.feature_store_path(run_root, imageset, args.model)
     create = functools.partial(FeatureStore.create, path, image_ids=images.image_ids, layout=store_layout(model, cfg),

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from cache.errors import MissingInputError
 from pipeline import runroot
-from pipeline.config import build_config, load_toml
+from pipeline.config import build_config, given_flags, load_toml
+from pipeline.imagesets.folder import list_image_files
 from pipeline.report.inputs import discover_inputs, load_report_meshes
 from pipeline.report.output import write_report
-from pipeline.report.topchannels import list_images
 from stages.report.config import FORMATS, ReportConfig
 
 NAME = "figures"
@@ -59,8 +59,7 @@ def add_space_extent_argument(parser: argparse.ArgumentParser) -> None:
 def build_report_config(args: argparse.Namespace) -> ReportConfig:
     """The resolved :class:`ReportConfig`: defaults, then the preset's table, then flags."""
     preset = load_toml(args.config).get(_PRESET_TABLE, {}) if args.config else {}
-    flags = {"formats": args.formats, "dpi": args.dpi, "resolution": args.resolution, "crop": getattr(args, "crop", None),
-             "inflated_maps": getattr(args, "inflated_maps", None), "space_extent": args.space_extent}
+    flags = given_flags(args, ("formats", "dpi", "resolution", "crop", "inflated_maps", "space_extent"))
     return build_config(ReportConfig, preset, flags, where=f"{args.config or 'flags'}")
 
 
@@ -75,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                                 "(or `make demo`), or name fit folders")
     flat, inflated = load_report_meshes(inputs, subjects_dir=args.subjects_dir)
     command = "bddn --run-root " + str(run_root) + " figures " + " ".join(str(p) for p in args.fits)
-    images = list_images(args.top_channels) if args.top_channels else []
+    images = list_image_files(args.top_channels) if args.top_channels else []
     page = write_report(runroot.figures_dir(run_root), inputs, flat, inflated, cfg, progress=not args.no_progress,
                         reproduce=[command.strip()], images=images)
     print(f"report: {page}", file=sys.stderr)

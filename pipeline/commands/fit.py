@@ -4,22 +4,22 @@ or several subjects jointly (``--subjects``: FactorTopy with shared selectors, o
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from cache.errors import ConfigError, MissingInputError
 from cache.store import FeatureStore
 from pipeline import runroot
-from pipeline.config import build_config, load_toml
+from pipeline.config import build_config, given_flags, load_toml, precision_flag
 from pipeline.subjects import list_subject_readers, load_subject
 from pipeline.surfaces import mesh_neighbours, shared_sphere_coordinates
-from stages.fit.config import FitConfig, config_record, reference_preset
+from stages.device import PRECISIONS
+from stages.fit.config import REFERENCE_PRESET, FitConfig
 from stages.fit.multisubject import fit_factortopy_multi
+from stages.fit.ridge import RidgeConfig, fit_ridge
 from stages.fit.result import FIT_JSON, FitResult
 from stages.fit.train import fit_factortopy
 from stages.subject import Subject
@@ -30,6 +30,11 @@ HELP = ("stage two: fit a subject's responses from a model's feature store and w
         "several subjects jointly (shared selectors, one read-out each) into "
         "<run root>/fits/<model>/<subjA+subjB+...>/<subject>/")
 METHODS = ("factortopy", "ridge", "banded-ridge")
+#: Flags that set FitConfig keys (argparse destinations; dotted ones set nested keys).
+FIT_FLAGS = ("epochs", "batch_size", "lr", "selector_lr", "layer_lr", "patience", "layers", "warm_start",
+             "model.scale_mode", "smoothness_weight", "seed", "device", "precision", "resident")
+#: Flags that set RidgeConfig keys.
+RIDGE_FLAGS = ("layers", "seed", "device")
 CHECKPOINT_FOLDER = "checkpoint"
 DEFAULT_SUBJECT = "1"
 
@@ -79,14 +84,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--warm-start", choices=("none", "layer", "layer+space"), default=None,
                        help="initialise the layer selector from per-layer ridge scores (layer), and the space "
                             f"selector from per-cell scores (layer+space) (default {defaults.warm_start})")
-    train.add_argument("--scale-mode", choices=("mix", "pyramid"), default=None,
+    train.add_argument("--scale-mode", choices=("mix", "pyramid"), default=None, dest="model.scale_mode",
                        help="local/global mix (reference) or receptive-field size over a pooled pyramid")
     train.add_argument("--smoothness", type=float, default=None, dest="smoothness_weight",
                        help="weight of the selector smoothness penalty over mesh neighbours (default 0 = off)")
     train.add_argument("--seed", type=int, default=None, help="seed of initialisation and batch order (default 0)")
     compute = parser.add_argument_group("compute")
-    compute.add_argument("--device", default=None, help="auto (CUDA when available), cpu, cuda, cuda:N")
-    compute.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default=None,
+    compute.add_argument("--device", default=None,
+                         help="auto (CUDA when available), cpu, cuda, cuda:N; training, warm start and ridge run there")
+    compute.add_argument("--precision", type=precision_flag, metavar="{" + ",".join(PRECISIONS) + "}", default=None,
                          help="autocast on CUDA (default auto: bf16 when supported); the CPU trains in fp32")
     residency = compute.add_mutually_exclusive_group()
     residency.add_argument("--resident", dest="resident", action="store_const", const="on", default=None,
@@ -98,41 +104,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the subject(s) and the store, fit, write the fit folder(s)."""
+    """Resolve the fit's config, load the subject(s) and the store, fit, write the fit folder(s)."""
     run_root = runroot.resolve_run_root(args.run_root)
-    preset = load_toml(args.config) if args.config else {}
+    cfg = resolve_config(args)
     data_root = args.root or (run_root if args.data == "synthetic" else None)
     if data_root is None:
         raise MissingInputError(f"--data {args.data} needs --root: the folder holding the subject data")
     if args.subjects is not None:
-        return run_joint(args, run_root, preset, data_root)
+        return run_joint(args, cfg, run_root, data_root)
     subject = _load_subject(args, args.subject or DEFAULT_SUBJECT, data_root)
     store = _open_store(args, run_root)
     out = runroot.fit_dir(run_root, args.model, subject.name, args.method)
     (out / FIT_JSON).unlink(missing_ok=True)
     started = time.perf_counter()
-    if args.method == "factortopy":
-        cfg = fit_config(args, preset)
+    if isinstance(cfg, FitConfig):
         checkpoint = _checkpoint_folder(out, restart=args.restart)
         result = fit_factortopy(store, subject, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
                                 neighbours=_neighbours(cfg, subject))
         result.save(out)
         shutil.rmtree(checkpoint, ignore_errors=True)
     else:
-        from stages.fit.ridge import RidgeConfig, fit_ridge
-
-        ridge_cfg = build_config(RidgeConfig, _ridge_defaults(RidgeConfig, args.method), preset.get("ridge"),
-                                 where="ridge config")
-        result = fit_ridge(store, subject, ridge_cfg)
+        result = fit_ridge(store, subject, cfg)
         result.save(out)
     _print_done(result, args.model, out, time.perf_counter() - started)
     return 0
 
 
-def run_joint(args: argparse.Namespace, run_root: Path, preset: dict[str, Any], data_root: Path) -> int:
+def run_joint(args: argparse.Namespace, cfg: FitConfig | RidgeConfig, run_root: Path, data_root: Path) -> int:
     """``--subjects``: one FactorTopy model for every listed subject; each subject's fit is written to
     ``<run root>/fits/<model>/<subjA+subjB+...>/<subject>/``."""
-    if args.method != "factortopy":
+    if not isinstance(cfg, FitConfig):
         raise ConfigError(f"--subjects fits FactorTopy jointly; --method {args.method} fits one subject at a time: "
                           "use --subject")
     if len(args.subjects) < 2:
@@ -144,7 +145,6 @@ def run_joint(args: argparse.Namespace, run_root: Path, preset: dict[str, Any], 
     for name in names:
         (runroot.joint_fit_dir(run_root, args.model, names, name) / FIT_JSON).unlink(missing_ok=True)
     started = time.perf_counter()
-    cfg = fit_config(args, preset)
     checkpoint = _checkpoint_folder(group, restart=args.restart)
     results = fit_factortopy_multi(store, subjects, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
                                    neighbours=[_neighbours(cfg, subject) for subject in subjects])
@@ -157,19 +157,17 @@ def run_joint(args: argparse.Namespace, run_root: Path, preset: dict[str, Any], 
     return 0
 
 
-def fit_config(args: argparse.Namespace, preset: dict[str, Any]) -> FitConfig:
-    """FitConfig from the improved defaults (or the reference preset), then the TOML [fit] table, then flags."""
-    base = reference_preset() if args.reference else FitConfig()
-    flags = {key: getattr(args, key) for key in ("epochs", "batch_size", "lr", "selector_lr", "layer_lr", "patience", "layers",
-                                                 "warm_start", "smoothness_weight", "seed", "device", "precision",
-                                                 "resident")}
-    if args.scale_mode is not None:
-        flags["model"] = {"scale_mode": args.scale_mode}
-    overrides = _merged(preset.get("fit", {}), flags)
-    if "model" in overrides:
-        overrides["model"] = _merged(config_record(base)["model"], overrides["model"])
-    checked = build_config(FitConfig, overrides, where="fit config")
-    return dataclasses.replace(base, **{key: getattr(checked, key) for key in overrides})
+def resolve_config(args: argparse.Namespace) -> FitConfig | RidgeConfig:
+    """The fit's one config, built once: the method's defaults, the reference preset (``--reference``), the TOML
+    preset's ``[fit]`` or ``[ridge]`` table, then the flags the user gave, merged in one step."""
+    preset = load_toml(args.config) if args.config else {}
+    if args.method == "factortopy":
+        return build_config(FitConfig, REFERENCE_PRESET if args.reference else None, preset.get("fit"),
+                            given_flags(args, FIT_FLAGS), where="fit config")
+    if args.reference:
+        raise ConfigError(f"--reference selects the published FactorTopy constants; --method {args.method} has none")
+    return build_config(RidgeConfig, {"method": args.method}, preset.get("ridge"), given_flags(args, RIDGE_FLAGS),
+                        where="ridge config")
 
 
 def _load_subject(args: argparse.Namespace, key: str, data_root: Path) -> Subject:
@@ -204,25 +202,6 @@ def _print_done(result: FitResult, model: str, out: Path, seconds: float) -> Non
     scores = ", ".join(f"{key} {value:.3f}" for key, value in result.metrics.items()
                        if key in ("mean_r2_val", "mean_r2_test", "median_r2_test_nc") and value == value)
     print(f"bddn fit: {result.method} fit of {result.subject} on {model} in {seconds:.0f} s ({scores}) -> {out}")
-
-
-def _ridge_defaults(ridge_config: type, method: str) -> dict[str, Any]:
-    fields = ridge_config.__dataclass_fields__
-    return {"method": method} if "method" in fields else {}
-
-
-def _merged(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Later layers win key by key, nested tables merged; None means "not given"."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            if value is None:
-                continue
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key] = _merged(merged[key], value)
-            else:
-                merged[key] = value
-    return merged
 
 
 def _subject_key(value: str) -> int | str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from cache.errors import MissingInputError
 from cache.store import FeatureStore
 from pipeline import runroot
-from pipeline.config import build_config, load_toml
+from pipeline.config import build_config, given_flags, load_toml
 from pipeline.imagesets.folder import list_image_files, stable_image_id
 from pipeline.synthetic.config import SyntheticConfig
 from pipeline.synthetic.generate import synthesize_subject
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     run_root = runroot.resolve_run_root(args.run_root)
     folder, imageset = runroot.image_folder(run_root, args.images, args.imageset)
     preset = load_toml(args.config).get(_PRESET_TABLE, {}) if args.config else {}
-    flags = {"noise_ceiling": args.noise_ceiling, "vertices_per_hemisphere": args.vertices_per_hemisphere}
+    flags = given_flags(args, ("noise_ceiling", "vertices_per_hemisphere"))
     cfg = build_config(SyntheticConfig, preset, flags, where="synth")
     store_path = runroot.feature_store_path(run_root, imageset, args.model)
     if not store_path.exists():

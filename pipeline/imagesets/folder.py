@@ -85,7 +85,7 @@ def list_image_files(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingInputError(f"image folder {folder} does not exist (or is not a folder); "
-                                "pass an existing folder with --images, or run `bddn demo-images` for the demo set")
+                                "pass an existing folder of images, or run `bddn demo-images` for the demo set")
     files = sorted((path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
                     and path.suffix.lower() in IMAGE_SUFFIXES), key=lambda path: path.name)
     if not files:

@@ -20,7 +20,8 @@ from cache.errors import InvalidInputError, MissingInputError
 from pipeline.runroot import safe_name, synthetic_root
 from pipeline.surfaces import load_mesh, mesh_for_indices
 from pipeline.synthetic.layout import TRUTH_TABLE, load_planted_truth
-from stages.fit.result import FIT_JSON, WEIGHTS_FILE, FitResult
+from stages.fit.result import FIT_JSON, FitResult
+from stages.fit.weights_file import read_fit_weights
 from stages.mesh import CorticalMesh
 
 
@@ -70,21 +71,13 @@ def load_input(path: Path) -> ReportInput:
 
 
 def read_readout(folder: Path, n_vertices: int) -> np.ndarray | None:
-    """The read-out weights W (n_vertices, n_channels) from ``weights.safetensors``, if the fit has one.
-
-    The read-out is the 2-D tensor whose name contains ``readout`` and ends in ``weight``
-    with one row per vertex (FactorTopy's ``readouts.0.weight``).
-    """
-    path = folder / WEIGHTS_FILE
-    if not path.is_file():
+    """The read-out weights W (n_vertices, n_channels) from the fit's weights file, if it has one with one
+    row per vertex (see :mod:`stages.fit.weights_file`)."""
+    weights = read_fit_weights(folder)
+    readout = None if weights is None else weights.readout
+    if readout is None or readout.ndim != 2 or readout.shape[0] != n_vertices:
         return None
-    from safetensors.numpy import load_file
-
-    tensors = load_file(str(path)) if path.stat().st_size else {}
-    for name, tensor in sorted(tensors.items()):
-        if "readout" in name and name.endswith("weight") and tensor.ndim == 2 and tensor.shape[0] == n_vertices:
-            return np.asarray(tensor, dtype=np.float32)
-    return None
+    return readout
 
 
 def load_report_meshes(inputs: Sequence[ReportInput], *, subjects_dir: Path | None = None

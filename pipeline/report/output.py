@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from cache.errors import InvalidInputError
 from cache.provenance import environment_record
-from pipeline.config import config_to_dict
+from cache.jsondata import to_json_data
 from pipeline.report.inputs import ReportInput, joint_subjects
 from pipeline.report.topchannels import top_channel_figures
 from stages.mesh import CorticalMesh
@@ -83,7 +83,7 @@ def write_report(figures_root: Path, inputs: Sequence[ReportInput], flat: Cortic
         sections.append(section)
         scores.append(score_row)
     overview = _write_overview(figures_root, inputs, pd.DataFrame(scores), flat, cfg, reproduce)
-    record = {"config": config_to_dict(cfg), "environment": environment_record(),
+    record = {"config": to_json_data(cfg), "environment": environment_record(),
               "inputs": [str(item.source) for item in inputs]}
     (figures_root / "report.json").write_text(json.dumps(record, indent=2, default=str))
     page = render_page([overview, *sections], title="bddn report: networks mapped onto the cortex",

@@ -35,7 +35,8 @@ from pipeline.imagesets.folder import list_image_files, stable_image_id
 from pipeline.subjects.assemble import assemble_subject, finite_vertices, subject_label
 from pipeline.subjects.files import check_numeric, check_surface_labels, load_label_mapping, load_npy
 from pipeline.subjects.rois import describe_mask, roi_masks_from_labels, select_vertices
-from stages.subject import HEMISPHERES, Subject
+from stages.mesh import HEMISPHERES
+from stages.subject import Subject
 
 log = logging.getLogger(__name__)
 

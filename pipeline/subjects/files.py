@@ -18,7 +18,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from cache.errors import InvalidInputError, MissingInputError
-from stages.subject import FSAVERAGE7_VERTICES
+from stages.mesh import FSAVERAGE7_VERTICES
 
 #: The only globals a pickled 0-d object array holding a dict of ints and strings refers to.
 _SAFE_GLOBALS = {

@@ -33,7 +33,8 @@ from pipeline.imagesets.folder import list_image_files, stable_image_id
 from pipeline.subjects.assemble import assemble_subject, finite_vertices, subject_label
 from pipeline.subjects.files import check_numeric, load_npy, require_file
 from pipeline.subjects.rois import describe_mask, select_vertices
-from stages.subject import FSAVERAGE7_VERTICES, Subject
+from stages.mesh import FSAVERAGE7_VERTICES
+from stages.subject import Subject
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def _read_vertex_list(path: Path) -> np.ndarray:
     limit = 2 * FSAVERAGE7_VERTICES
     if values.size == 0 or values.min() < 0 or values.max() >= limit:
         raise InvalidInputError(f"vertex list {path} must hold concatenated fsaverage indices in 0..{limit - 1} "
-                                "(left hemisphere first, right offset by 163842)")
+                                f"(left hemisphere first, right offset by {FSAVERAGE7_VERTICES})")
     if np.unique(values).size != values.size:
         raise InvalidInputError(f"vertex list {path} names a vertex twice")
     return values

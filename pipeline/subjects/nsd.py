@@ -49,7 +49,8 @@ from pipeline.subjects.assemble import assemble_subject, finite_vertices, subjec
 from pipeline.subjects.files import check_surface_labels, require_file
 from pipeline.subjects.rois import (DEFAULT_ROI_NAMES, ROI_CLASSES, describe_mask, parse_color_table,
                                     roi_masks_from_labels, select_vertices)
-from stages.subject import FSAVERAGE7_VERTICES, HEMISPHERES, Subject
+from stages.mesh import FSAVERAGE7_VERTICES, HEMISPHERES
+from stages.subject import Subject
 
 log = logging.getLogger(__name__)
 

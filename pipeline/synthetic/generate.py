@@ -21,7 +21,6 @@ from cache.errors import InvalidInputError, MissingInputError
 from cache.jsondata import to_json_data
 from cache.provenance import environment_record, hash_strings
 from cache.store import FeatureStore
-from pipeline.config import config_to_dict
 from pipeline.synthetic.config import SyntheticConfig
 from pipeline.synthetic.geometry import ROI_NAMES, RegionGeometry, build_region, roi_labels
 from pipeline.synthetic.layout import (
@@ -92,7 +91,7 @@ def synthesize_subject(store: FeatureStore, image_files: Mapping[str, Path], roo
     started = time.perf_counter()
     name = subject_name(subject)
     target = Path(root) / name
-    request = {"subject": int(subject), "seed": int(seed), "model": model, "config": config_to_dict(cfg),
+    request = {"subject": int(subject), "seed": int(seed), "model": model, "config": to_json_data(cfg),
                "store": store.identity()}
     wanted = to_json_data(request)
     existing = read_truth_record(target) if target.exists() else None
@@ -126,7 +125,7 @@ def synthesize_subject(store: FeatureStore, image_files: Mapping[str, Path], roo
     truth.vertices["noise_ceiling_achieved"] = achieved.astype(np.float32)
     roi_counts = {str(area): int((geometry.area == area).sum()) for area in np.unique(geometry.area) if area}
     record = {
-        "request": wanted, "seed": int(seed), "config": config_to_dict(cfg),
+        "request": wanted, "seed": int(seed), "config": to_json_data(cfg),
         "store": {"path": str(store.path), "identity": store.identity()},
         "image_ids_sha256": hash_strings(image_ids.tolist()),
         "splits": {"n_train": int(train_ids.size), "n_test": int(test_ids.size), "split_seed": cfg.split_seed,

@@ -27,8 +27,8 @@ import numpy as np
 
 from pipeline.surfaces import load_mesh
 from pipeline.synthetic.config import SyntheticConfig
+from stages.mesh import HEMISPHERES
 
-HEMISPHERES = ("lh", "rh")
 #: Coarse area names by band (0..3) and for higher cortex.
 BAND_NAMES = ("V1", "V2", "V3", "V4")
 #: Higher patches: (area, ROI class, label name, centre angle in degrees, half width in degrees).

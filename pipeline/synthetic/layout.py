@@ -36,11 +36,10 @@ import pyarrow.parquet as pq
 from cache.errors import InvalidInputError, MissingInputError
 from cache.jsondata import json_default
 from stages.fit.result import FitResult, read_vertex_folder
-from stages.subject import FSAVERAGE7_VERTICES
+from stages.mesh import FSAVERAGE7_VERTICES, HEMISPHERES
 
 TRUTH_TABLE = "planted_truth.parquet"
 TRUTH_JSON = "planted_truth.json"
-HEMISPHERES = ("lh", "rh")
 #: split -> (split folder, image folder, fMRI folder, fMRI file stem, image name prefix)
 _SPLITS = {"train": ("training_split", "training_images", "training_fmri", "training", "train"),
            "test": ("test_split", "test_images", "test_fmri", "test", "test")}

@@ -2,7 +2,7 @@
 
 Pipeline (one process): background threads decode and preprocess whole batches
 ahead of the model; the model runs on the device (CUDA when present, with bf16
-autocast there by default); each block's local tokens are resized to the store's
+autocast there by default; ``stages.device``); each block's local tokens are resized to the store's
 grids (``stages.features.token_grids``) and cast to the store dtype; finished image blocks
 (chunks) go through a bounded queue to a writer thread, so writes overlap compute.
 
@@ -23,7 +23,6 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -34,12 +33,15 @@ from tqdm.auto import tqdm
 from cache.errors import ConfigError, InvalidInputError, StoreMismatchError
 from cache.provenance import environment_record, hash_strings
 from cache.store import FeatureStore, StoreLayout
+from stages.device import Precision, autocast_context, parse_precision, resolve_device, resolve_precision
 from stages.features.image_source import ImageSource
 from stages.models.base import FeatureModel
 from stages.models.preprocess import image_to_tensor
 from stages.features.token_grids import tokens_to_numpy
 
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+#: How a store's provenance names the precision its features were computed in (``compute.autocast``): fp32 has
+#: always been recorded as "off", so stores built before the one precision vocabulary still match.
+_PROVENANCE_AUTOCAST = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
@@ -55,9 +57,10 @@ class ExtractConfig:
             ``False`` is the reference's plain bilinear.
         batch_size: images per forward pass (never crossing a chunk boundary).
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        autocast: ``"auto"`` (bf16 on CUDA, off on CPU), ``"off"``, ``"bf16"`` or ``"fp16"``.
-            Changes the features, so it is part of the store's compared provenance; on
-            this project's CPUs with AMX, ``"bf16"`` runs ViTs 2-3x faster.
+        precision: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"fp32"``, ``"bf16"`` or ``"fp16"``
+            (``stages.device``); an explicit bf16/fp16 applies on the CPU too. Changes the
+            features, so it is part of the store's compared provenance; on this project's
+            CPUs with AMX, ``"bf16"`` runs ViTs 2-3x faster.
         decode_workers: threads decoding and preprocessing images ahead of the model.
     """
 
@@ -67,12 +70,11 @@ class ExtractConfig:
     antialias: bool = True
     batch_size: int = 32
     device: str = "auto"
-    autocast: str = "auto"
+    precision: Precision = "auto"
     decode_workers: int = 2
 
     def __post_init__(self) -> None:
-        if self.autocast not in ("auto", "off", *_AUTOCAST_DTYPES):
-            raise ConfigError(f"autocast {self.autocast!r} is not one of auto, off, bf16, fp16")
+        parse_precision(self.precision)
         if self.batch_size < 1 or self.decode_workers < 0:
             raise ConfigError(f"batch_size must be >= 1 and decode_workers >= 0, got {self.batch_size}, "
                               f"{self.decode_workers}")
@@ -123,21 +125,9 @@ def tune_allocator() -> bool:
         return False
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; any other name as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"device {name!r} is not a torch device name (use auto, cpu, cuda, cuda:N): {error}") from None
-
-
-def resolve_autocast(cfg: ExtractConfig) -> str:
-    """The autocast actually used: ``"auto"`` is bf16 on CUDA and off elsewhere."""
-    if cfg.autocast != "auto":
-        return cfg.autocast
-    return "bf16" if resolve_device(cfg.device).type == "cuda" else "off"
+def resolve_extract_precision(cfg: ExtractConfig) -> str:
+    """The precision the model runs in under ``cfg``: ``"bf16"``, ``"fp16"`` or ``"fp32"``."""
+    return resolve_precision(cfg.precision, resolve_device(cfg.device), cpu_autocast=True)
 
 
 def store_layout(model: FeatureModel, cfg: ExtractConfig) -> StoreLayout:
@@ -158,7 +148,7 @@ def store_provenance(model: FeatureModel, images: ImageSource, cfg: ExtractConfi
         "decoding": dict(images.decoding),
         "tokens": {"resize": "bilinear", "align_corners": False, "antialias": cfg.antialias,
                    "global": "model's global token per block"},
-        "compute": {"autocast": resolve_autocast(cfg), "store_dtype": cfg.dtype},
+        "compute": {"autocast": _PROVENANCE_AUTOCAST[resolve_extract_precision(cfg)], "store_dtype": cfg.dtype},
         "image_ids_sha256": hash_strings(images.image_ids),
         "seed": seed,
         "run": {"device": str(resolve_device(cfg.device)), "batch_size": cfg.batch_size,
@@ -194,7 +184,7 @@ def extract_chunks(model: FeatureModel, images: ImageSource, store: FeatureStore
     """Compute and write the given chunks; decode failures are returned in ``report.failures``, not raised."""
     _check_match(model, images, store, cfg)
     device = resolve_device(cfg.device)
-    autocast = resolve_autocast(cfg)
+    precision = resolve_extract_precision(cfg)
     model = model.to(device).eval()
     plan = [(chunk, rows) for chunk in chunks for rows in chunk_batches(store.chunk_rows(chunk), cfg.batch_size)]
     report = ExtractReport()
@@ -213,7 +203,7 @@ def extract_chunks(model: FeatureModel, images: ImageSource, store: FeatureStore
                 failed.add(chunk)
                 buffers.pop(chunk, None)
             else:
-                with torch.inference_mode(), autocast_context(device, autocast):
+                with torch.inference_mode(), autocast_context(device, precision):
                     layers = model(pixels.to(device, non_blocking=pin))
                 local, global_ = tokens_to_numpy(layers, store.grids, antialias=cfg.antialias, dtype=store.layout.dtype)
                 buffer = buffers.setdefault(chunk, _ChunkBuffer(store.chunk_rows(chunk)))
@@ -243,13 +233,6 @@ def chunk_batches(rows: slice, batch_size: int) -> Iterator[slice]:
     """A chunk's rows cut into consecutive batches of ``batch_size`` (the last one shorter): always the same cut."""
     for start in range(rows.start, rows.stop, batch_size):
         yield slice(start, min(start + batch_size, rows.stop))
-
-
-def autocast_context(device: torch.device, autocast: str) -> Any:
-    """The ``torch.autocast`` context for a resolved autocast name (``"off"``: a no-op context)."""
-    if autocast == "off":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[autocast])
 
 
 def _decode_batch(images: ImageSource, prep: Any, rows: slice, pin: bool) -> tuple[torch.Tensor | None, list[str]]:

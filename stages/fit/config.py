@@ -1,6 +1,6 @@
 """How a FactorTopy fit is trained: one frozen config, with the reference preset and the improved default.
 
-:func:`reference_preset` reproduces every constant of the reference implementation
+:data:`REFERENCE_PRESET` reproduces every constant of the reference implementation
 (method.md): 8x8 grid, D = 128, smooth-L1 with beta 0.1, the entropy/scale prior at
 0.1 fading to 0 by step 2000, AdamW lr 1e-3 with weight decay 0.01, batch 8, gradient
 clipping 0.5, a mean read-out and fp16 autocast on GPU.
@@ -20,12 +20,11 @@ default only where ``bench/recovery.py`` or held-out R^2 showed a gain.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from cache.errors import ConfigError
+from stages.device import Precision
 from stages.fit.factortopy import FactorTopyConfig
 
 
@@ -61,7 +60,7 @@ class FitConfig:
             neighbours (needs neighbour pairs; 0 = off).
         patience: epochs without a better validation R^2 before stopping early.
         seed: seeds initialisation and batch order.
-        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (``stages.device``).
         precision: autocast on CUDA: ``"auto"`` (bf16 when supported, else fp16), ``"bf16"``,
             ``"fp16"`` (with a gradient scaler) or ``"fp32"``; the CPU always trains in fp32.
         resident: ``"auto"`` keeps the features on the device when they fit, ``"on"`` forces
@@ -92,7 +91,7 @@ class FitConfig:
     patience: int = 4
     seed: int = 0
     device: str = "auto"
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    precision: Precision = "auto"
     resident: Literal["auto", "on", "off"] = "auto"
     shuffle_buffer: int = 2048
     prefetch: int = 4
@@ -129,39 +128,27 @@ class FitConfig:
         return max(int(round(self.prior_fade_epochs * steps_per_epoch)), 0)
 
 
-def reference_preset() -> FitConfig:
-    """The reference implementation's constants, line by line as in method.md.
-
-    fp16 autocast applies on CUDA; the CPU trains in fp32. The reference trains
-    about 10 epochs; early stopping is left on with a long patience.
-    """
-    return FitConfig(
-        model=reference_model_config(),
-        grid=8,
-        epochs=10,
-        batch_size=8,
-        lr=1e-3,
-        selector_lr=None,
-        layer_lr=None,
-        weight_decay=0.01,
-        loss_beta=0.1,
-        prior_weight=0.1,
-        prior_fade_steps=2000,
-        prior_fade_epochs=None,
-        clip_grad_norm=0.5,
-        warm_start="none",
-        normalise_layers=False,
-        smoothness_weight=0.0,
-        patience=10,
-        precision="fp16",
-    )
-
-
-def reference_model_config() -> FactorTopyConfig:
-    """The reference architecture: D = 128, 192 encoding features, local/global mix (the read-out is always a mean)."""
-    return FactorTopyConfig(bottleneck=128, hidden=128, n_frequencies=32, scale_mode="mix")
-
-
-def config_record(cfg: FitConfig) -> dict:
-    """The config as plain JSON data (nested mappings; tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+#: The reference implementation's constants, line by line as in method.md: a preset table merged like a user's
+#: TOML ``[fit]`` table (``bddn fit --reference``), over which a user's table and flags still win. fp16 autocast
+#: applies on CUDA; the CPU trains in fp32. The reference trains about 10 epochs; early stopping is left on with a
+#: long patience. The architecture: D = 128, 192 encoding features, local/global mix (the read-out is always a mean).
+REFERENCE_PRESET: dict[str, Any] = {
+    "model": {"bottleneck": 128, "hidden": 128, "n_frequencies": 32, "scale_mode": "mix"},
+    "grid": 8,
+    "epochs": 10,
+    "batch_size": 8,
+    "lr": 1e-3,
+    "selector_lr": None,
+    "layer_lr": None,
+    "weight_decay": 0.01,
+    "loss_beta": 0.1,
+    "prior_weight": 0.1,
+    "prior_fade_steps": 2000,
+    "prior_fade_epochs": None,
+    "clip_grad_norm": 0.5,
+    "warm_start": "none",
+    "normalise_layers": False,
+    "smoothness_weight": 0.0,
+    "patience": 10,
+    "precision": "fp16",
+}

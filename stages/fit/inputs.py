@@ -12,7 +12,6 @@ import numpy as np
 
 from cache.errors import IncompleteStoreError, InvalidInputError, StoreMismatchError
 from cache.store import FeatureStore
-from stages.fit.config import FitConfig
 from stages.subject import Subject
 
 
@@ -38,26 +37,33 @@ def check_stores(stores: Sequence[FeatureStore]) -> None:
                     f"{value(store)}); subjects fitted together need features of the same model and layers")
 
 
-def check_inputs(store: FeatureStore, subject: Subject, cfg: FitConfig, *, neighbours: np.ndarray | None = None
-                 ) -> list[int]:
-    """Every bad-input case, caught before training; returns the store indices of the chosen layers.
+def check_inputs(store: FeatureStore, subject: Subject, *, layers: Sequence[str] | None, grid: int, min_train: int,
+                 neighbours: np.ndarray | None = None) -> list[int]:
+    """Every bad-input case, caught before fitting; returns the store indices of the chosen layers.
+
+    Args:
+        store, subject: the fit's features and responses.
+        layers: store layer names to fit on, in order; ``None`` = every stored layer.
+        grid: the stored local grid the fit reads.
+        min_train: the fewest training images the fit can use (at least 2 are always required).
+        neighbours: int array of shape (n_edges, 2) of neighbouring vertex pairs, or None.
 
     Raises:
         InvalidInputError: NaN/inf responses, too few images in a split, a missing grid, bad neighbours.
         StoreMismatchError: configured layers absent from the store.
         IncompleteStoreError: the store lacks some of the subject's images (from ``store.rows_for``).
     """
-    if cfg.layers is None:
+    if layers is None:
         layer_indices = list(range(store.n_layers))
     else:
-        missing = [name for name in cfg.layers if name not in store.layer_names]
+        missing = [name for name in layers if name not in store.layer_names]
         if missing:
             raise StoreMismatchError(
                 f"layers {missing} are not in the feature store {store.path}, which has {list(store.layer_names)}; "
                 "fix the config's `layers` or leave it unset to use every stored layer")
-        layer_indices = [list(store.layer_names).index(name) for name in cfg.layers]
-    if cfg.grid not in store.grids:
-        raise InvalidInputError(f"grid {cfg.grid} is not stored in {store.path} (it has {list(store.grids)}); "
+        layer_indices = [list(store.layer_names).index(name) for name in layers]
+    if grid not in store.grids:
+        raise InvalidInputError(f"grid {grid} is not stored in {store.path} (it has {list(store.grids)}); "
                                 f"set grid to one of those")
     responses = np.asarray(subject.responses)
     bad = ~np.isfinite(responses)
@@ -66,13 +72,13 @@ def check_inputs(store: FeatureStore, subject: Subject, cfg: FitConfig, *, neigh
         raise InvalidInputError(
             f"subject {subject.name}: responses hold {int(bad.sum())} NaN/inf values in {len(np.unique(vertices))} "
             f"vertices (first at image row {images[0]}, vertex {vertices[0]}); remove or impute them before fitting")
-    needs = {"train": max(cfg.batch_size, 2), "val": 2}
+    needs = {"train": max(min_train, 2), "val": 2}
     for split, minimum in needs.items():
         n = len(subject.splits.get(split, ()))
         if n < minimum:
             raise InvalidInputError(
-                f"subject {subject.name}: the {split} split has {n} images, at least {minimum} are needed "
-                f"(batch size {cfg.batch_size}); use more images, a smaller batch size or another split fraction")
+                f"subject {subject.name}: the {split} split has {n} images, at least {minimum} are needed; "
+                "use more images, a smaller batch size or another split fraction")
     if neighbours is not None:
         edges = np.asarray(neighbours)
         if edges.ndim != 2 or edges.shape[1] != 2 or (edges.size and (edges.min() < 0 or edges.max() >= subject.n_vertices)):

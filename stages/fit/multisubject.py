@@ -28,7 +28,8 @@ from cache.store import FeatureStore
 from stages.fit.config import FitConfig
 from stages.fit.outputs import TrainedFit
 from stages.fit.train import train_factortopy
-from stages.subject import FSAVERAGE7_VERTICES, Subject
+from stages.mesh import FSAVERAGE7_VERTICES
+from stages.subject import Subject
 
 #: Method label of every subject's result of a joint fit.
 JOINT_METHOD = "factortopy-joint"

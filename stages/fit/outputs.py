@@ -2,9 +2,9 @@
 
 :func:`build_fit_result` turns a trained model and its held-out predictions into a
 :class:`TrainedFit`, a :class:`~stages.fit.result.FitResult` that also carries the
-model weights and the metric history. Its ``save`` writes ``weights.safetensors`` and
-``metrics.jsonl`` first and the per-vertex table and ``fit.json`` last, so a folder
-with ``fit.json`` is always complete.
+model weights and the metric history. Its ``save`` writes the weights file
+(:mod:`stages.fit.weights_file`) and ``metrics.jsonl`` first and the per-vertex table
+and ``fit.json`` last, so a folder with ``fit.json`` is always complete.
 """
 
 from __future__ import annotations
@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
+from cache.jsondata import to_json_data
 from cache.provenance import environment_record
-from stages.fit.config import FitConfig, config_record
+from stages.fit.config import FitConfig
 from stages.fit.inputs import store_model_id
 from stages.fit.metrics import noise_normalised, pearson_r, r2_score
-from stages.fit.result import WEIGHTS_FILE, FitResult, layer_summary, layer_weight_column
+from stages.fit.result import FitResult, layer_summary, layer_weight_column
+from stages.fit.weights_file import subject_weights, write_fit_weights
 from stages.subject import Subject
 
 METRICS_FILE = "metrics.jsonl"
@@ -33,7 +34,8 @@ class TrainedFit(FitResult):
     """A FitResult with the trained weights and the per-epoch metric history.
 
     Attributes:
-        weights: the model's state dict (CPU tensors), written as safetensors.
+        weights: the subject's view of the model's state dict (CPU tensors, see
+            :func:`~stages.fit.weights_file.subject_weights`), written as safetensors.
         history: one metrics dict per epoch, written as JSON lines.
     """
 
@@ -44,11 +46,8 @@ class TrainedFit(FitResult):
         """Write weights and metrics, then the table and ``fit.json`` (the completion marker)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        partial = directory / (WEIGHTS_FILE + ".partial")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.weights.items()}, str(partial),
-                  metadata={"method": self.method, "model": self.model, "subject": self.subject,
-                            "layer_names": json.dumps(list(self.layer_names))})
-        partial.replace(directory / WEIGHTS_FILE)
+        write_fit_weights(directory, self.weights, method=self.method, model=self.model, subject=self.subject,
+                          layer_names=self.layer_names)
         lines = directory / (METRICS_FILE + ".partial")
         lines.write_text("".join(json.dumps(row) + "\n" for row in self.history))
         lines.replace(directory / METRICS_FILE)
@@ -153,14 +152,6 @@ def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: 
                               "n_images": subject.n_images, "n_vertices": subject.n_vertices, "mesh": subject.mesh},
                   "seed": cfg.seed}
     return TrainedFit(method="factortopy", subject=subject.name, model=store_model_id(store),
-                      layer_names=tuple(layer_names), vertices=vertices, metrics=metrics, config=config_record(cfg),
+                      layer_names=tuple(layer_names), vertices=vertices, metrics=metrics, config=to_json_data(cfg),
                       provenance=provenance, weights=subject_weights(model.state_dict(), subject_index),
                       history=list(history))
-
-
-def subject_weights(state: dict[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
-    """One subject's view of a model's state dict, as a single-subject model's: the shared bottlenecks and
-    selectors plus read-out ``index`` renamed ``readouts.0`` (CPU tensors); the other read-outs are left out."""
-    own = f"readouts.{index}."
-    return {("readouts.0." + key[len(own):] if key.startswith(own) else key): value.detach().cpu()
-            for key, value in state.items() if key.startswith(own) or not key.startswith("readouts.")}

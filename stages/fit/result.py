@@ -4,7 +4,7 @@ Every method (FactorTopy, ridge baselines) returns a :class:`FitResult`; the
 planted truth of a synthetic subject is written in the same per-vertex columns, so
 stage three draws fits and truths alike. On disk a fit is a folder:
 ``vertices.parquet`` (the per-vertex table), ``fit.json`` (config, metrics,
-provenance) and, for trained models, ``weights.safetensors``.
+provenance) and, for trained models, the weights file (:mod:`stages.fit.weights_file`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from cache.jsondata import json_default
 
 VERTEX_TABLE = "vertices.parquet"
 FIT_JSON = "fit.json"
-WEIGHTS_FILE = "weights.safetensors"
 
 #: Columns every per-vertex table carries (fits and planted truths).
 REQUIRED_COLUMNS = ("vertex", "hemisphere", "fsaverage_index", "roi", "layer_argmax", "layer_entropy",

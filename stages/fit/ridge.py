@@ -33,16 +33,18 @@ suits every layer.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cache.errors import ConfigError
+from cache.jsondata import to_json_data
 from cache.provenance import environment_record
 from cache.store import FeatureStore
-from stages.fit.config import FitConfig
+from stages.device import resolve_device
 from stages.fit.inputs import check_inputs, store_model_id
 from stages.fit.outputs import score_columns, score_summary, vertex_columns
 from stages.fit.result import FitResult
@@ -72,7 +74,7 @@ class RidgeConfig:
         layer_temperature: softmax temperature (R^2 units) turning per-layer scores into layer weights.
         seed: seeds the band-weight draws.
         batch_size: images per read from the store.
-        device: where the solver runs: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
+        device: where the solver runs (``stages.device``): ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
     """
 
     method: str = "ridge"
@@ -142,9 +144,38 @@ def fit_ridge(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> FitRes
         StoreMismatchError, InvalidInputError, IncompleteStoreError: bad layers, grid,
             responses, split sizes or missing images, before any fitting.
     """
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if cfg.device == "auto" else cfg.device)
-    features, layer_names = _features(store, subject, cfg)
+    grid = cfg.grid if cfg.grid is not None else (8 if 8 in store.grids else min(store.grids))
+    layer_indices = check_inputs(store, subject, layers=cfg.layers, grid=grid, min_train=2)
+    return _fit(store, subject, cfg, method=cfg.method, layer_indices=layer_indices, grid=grid,
+                device=resolve_device(cfg.device))
+
+
+def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], grid: int,
+                 device: torch.device, settings: RidgeConfig = RidgeConfig()) -> np.ndarray:
+    """Leave-one-out R^2 on the training images of a ridge per layer (best feature set), per vertex.
+
+    The evidence for a warm start of FactorTopy's layer selector; it touches neither the
+    validation nor the test images, and takes the fit's checked inputs as they are.
+
+    Args:
+        layer_indices: store indices of the layers to score.
+        grid: the stored local grid to read.
+        device: where the solver runs.
+        settings: solver settings (alphas, feature sets, pooling); its method, layers, grid and device are not used.
+
+    Returns:
+        float32 array of shape (n_vertices, n_layers).
+    """
+    result = _fit(store, subject, settings, method="ridge", layer_indices=layer_indices, grid=grid, device=device)
+    return np.stack([result.vertices[f"cv_r2_layer_{layer:02d}"] for layer in range(len(result.layer_names))], axis=1)
+
+
+def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, method: str, layer_indices: Sequence[int],
+         grid: int, device: torch.device) -> FitResult:
+    """``method`` fitted on checked inputs: the store ``layer_indices`` at ``grid``, solved on ``device``."""
+    features = _features(store, subject, layer_indices=layer_indices, grid=grid, local_pool=cfg.local_pool,
+                         batch_size=cfg.batch_size)
+    layer_names = tuple(store.layer_names[i] for i in layer_indices)
     features = {name: [block.to(device) for block in blocks] for name, blocks in features.items()}
     train = subject.splits["train"]
     evals = {name: subject.splits[name] for name in EVAL_SPLITS if len(subject.splits.get(name, ())) > 0}
@@ -163,7 +194,7 @@ def fit_ridge(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> FitRes
         return score
 
     extra: dict[str, np.ndarray] = {}
-    if cfg.method == "ridge":
+    if method == "ridge":
         scores = np.full((len(cfg.feature_sets), n_layers, subject.n_vertices), -np.inf)
         for set_index, name in enumerate(cfg.feature_sets):
             for layer in range(n_layers):
@@ -190,40 +221,24 @@ def fit_ridge(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> FitRes
         weights = gammas[best.candidate].numpy()
         scale = np.full(subject.n_vertices, {"global": 1.0, "local": 0.0, "both": np.nan}[cfg.banded_features],
                         dtype=np.float32)
-    return _result(store, subject, cfg, layer_names, weights, scale, best, extra, evals)
+    return _result(store, subject, cfg, method, layer_names, weights, scale, best, extra, evals)
 
 
-def score_layers(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> np.ndarray:
-    """Leave-one-out R^2 on the training images of a ridge per layer (best feature set), per vertex.
-
-    The evidence for a warm start of FactorTopy's layer selector; it touches neither the
-    validation nor the test images.
-
-    Returns:
-        float32 array of shape (n_vertices, n_layers).
-    """
-    result = fit_ridge(store, subject, RidgeConfig(**{**asdict(cfg), "method": "ridge"}))
-    return np.stack([result.vertices[f"cv_r2_layer_{layer:02d}"] for layer in range(len(result.layer_names))], axis=1)
-
-
-def _features(store: FeatureStore, subject: Subject, cfg: RidgeConfig
-              ) -> tuple[dict[str, list[torch.Tensor]], tuple[str, ...]]:
+def _features(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], grid: int, local_pool: int,
+              batch_size: int) -> dict[str, list[torch.Tensor]]:
     """Normalised features per set and layer, tensors of shape (n_images, n_features_l), in subject row order."""
-    grid = cfg.grid if cfg.grid is not None else (8 if 8 in store.grids else min(store.grids))
-    layer_indices = check_inputs(store, subject, FitConfig(layers=cfg.layers, grid=grid, batch_size=2))
     blocks: dict[str, list[list[torch.Tensor]]] = {name: [[] for _ in layer_indices] for name in FEATURE_SETS}
     order = []
-    for batch in store.iter_batches(list(subject.stimulus_ids), batch_size=cfg.batch_size, grid=grid):
+    for batch in store.iter_batches(list(subject.stimulus_ids), batch_size=batch_size, grid=grid):
         order.append(batch.positions)
         for slot, layer in enumerate(layer_indices):
             blocks["global"][slot].append(torch.as_tensor(batch.global_[layer], dtype=torch.float32))
-            pooled = F.adaptive_avg_pool2d(torch.as_tensor(batch.local[layer], dtype=torch.float32), cfg.local_pool)
+            pooled = F.adaptive_avg_pool2d(torch.as_tensor(batch.local[layer], dtype=torch.float32), local_pool)
             blocks["local"][slot].append(pooled.flatten(1))
     inverse = np.argsort(np.concatenate(order))
     train = subject.splits["train"]
-    features = {name: [_normalise(torch.cat(parts)[inverse], train) for parts in per_layer]
-                for name, per_layer in blocks.items()}
-    return features, tuple(store.layer_names[i] for i in layer_indices)
+    return {name: [_normalise(torch.cat(parts)[inverse], train) for parts in per_layer]
+            for name, per_layer in blocks.items()}
 
 
 def _normalise(block: torch.Tensor, train: np.ndarray) -> torch.Tensor:
@@ -263,7 +278,7 @@ def score_targets(scores: np.ndarray, *, temperature: float) -> np.ndarray:
     return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _result(store: FeatureStore, subject: Subject, cfg: RidgeConfig, layer_names: tuple[str, ...],
+def _result(store: FeatureStore, subject: Subject, cfg: RidgeConfig, method: str, layer_names: tuple[str, ...],
             weights: np.ndarray, scale: np.ndarray, best: _Best, extra: dict[str, np.ndarray],
             evals: dict[str, np.ndarray]) -> FitResult:
     responses = np.asarray(subject.responses, dtype=np.float64)
@@ -282,6 +297,5 @@ def _result(store: FeatureStore, subject: Subject, cfg: RidgeConfig, layer_names
                   "subject": {"name": subject.name, "source": dict(subject.source), "split_seed": subject.split_seed,
                               "n_images": subject.n_images, "n_vertices": subject.n_vertices, "mesh": subject.mesh},
                   "seed": cfg.seed}
-    config = {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(cfg).items()}
-    return FitResult(method=cfg.method, subject=subject.name, model=store_model_id(store), layer_names=layer_names,
-                     vertices=vertices, metrics=metrics, config=config, provenance=provenance)
+    return FitResult(method=method, subject=subject.name, model=store_model_id(store), layer_names=layer_names,
+                     vertices=vertices, metrics=metrics, config=to_json_data(cfg), provenance=provenance)

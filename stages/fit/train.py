@@ -27,9 +27,11 @@ from tqdm.auto import tqdm
 
 from cache.errors import InvalidInputError
 from cache.provenance import hash_strings
+from cache.jsondata import to_json_data
 from cache.store import FeatureStore
+from stages.device import autocast_context, precision_dtype, resolve_device, resolve_precision
 from stages.fit.checkpoint import TrainState, has_checkpoint, restore_checkpoint, save_checkpoint
-from stages.fit.config import FitConfig, config_record
+from stages.fit.config import FitConfig
 from stages.fit.factortopy import FactorTopy
 from stages.fit.inputs import check_inputs, check_stores
 from stages.fit.metrics import r2_score
@@ -153,8 +155,8 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
         raise InvalidInputError(f"training needs >= 1 subject and one store and one neighbour set per subject; got "
                                 f"{len(subjects)} subjects, {len(stores)} stores, {len(neighbours)} neighbour sets")
     check_stores(stores)
-    layer_indices = [check_inputs(store, subject, cfg, neighbours=pairs)
-                     for store, subject, pairs in zip(stores, subjects, neighbours)][0]
+    layer_indices = [check_inputs(store, subject, layers=cfg.layers, grid=cfg.grid, min_train=cfg.batch_size,
+                                  neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)][0]
     layer_names = tuple(stores[0].layer_names[i] for i in layer_indices)
     device = resolve_device(cfg.device)
     scales = shared_feature_scales(stores, subjects, layer_indices=layer_indices, grid=cfg.grid) \
@@ -166,16 +168,15 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
                        coords=[torch.from_numpy(np.asarray(s.sphere_coords, dtype=np.float32)) for s in subjects],
                        cfg=cfg.model).to(device)
     optimiser = build_optimiser(model, cfg)
-    autocast_dtype = autocast_dtype_for(cfg.precision, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype == torch.float16)
+    precision = resolve_precision(cfg.precision, device, cpu_autocast=False)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     identity = fit_identity(stores, subjects, cfg, layer_names)
     if has_checkpoint(checkpoint_dir):
         state, best = restore_checkpoint(checkpoint_dir, identity=identity, model=model, optimiser=optimiser,
                                          scaler=scaler)
     else:
         state = TrainState()
-        state.notes = warm_start(model, stores, subjects, mode=cfg.warm_start, layer_indices=layer_indices,
-                                 grid=cfg.grid, temperature=cfg.warm_start_temperature, seed=cfg.seed)
+        state.notes = warm_start(model, stores, subjects, cfg, layer_indices=layer_indices, device=device)
         best = _copy_state(model)
     model.selectors.layer.requires_grad_(cfg.layer_lr != 0)
     train = [part.sources["train"] for part in parts]
@@ -185,9 +186,9 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
                desc=f"fit {'+'.join(subject.name for subject in subjects)}", unit="step", dynamic_ncols=True)
     started = time.perf_counter()
     while state.epoch < cfg.epochs and not state.stopped_early:
-        row = train_epoch(model, train, optimiser, scaler, state, cfg, autocast_dtype=autocast_dtype,
+        row = train_epoch(model, train, optimiser, scaler, state, cfg, precision=precision,
                           fade_steps=fade_steps, edges=[part.edges for part in parts], bar=bar)
-        row.update(validation_scores(model, parts, cfg, autocast_dtype))
+        row.update(validation_scores(model, parts, cfg, precision))
         state.history.append({**row, **selection_summary(model)})
         if row["val_r2"] > state.best_val_r2:
             state.best_val_r2, state.best_epoch, best = row["val_r2"], state.epoch, _copy_state(model)
@@ -200,11 +201,11 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
     bar.close()
     model.load_state_dict(best)
     for index, part in enumerate(parts):
-        part.predictions = {name: predict(model, source, cfg, autocast_dtype, subject=index)
+        part.predictions = {name: predict(model, source, cfg, precision, subject=index)
                             for name, source in part.sources.items() if name in ("val", "test")}
     summary = {"epochs_run": state.epoch, "best_epoch": state.best_epoch, "steps": state.step,
                "stopped_early": state.stopped_early, "train_seconds": time.perf_counter() - started,
-               "device": str(device), "precision": str(autocast_dtype).replace("torch.", "") if autocast_dtype else "float32",
+               "device": str(device), "precision": str(precision_dtype(precision) or torch.float32).replace("torch.", ""),
                "resident": all(type(source).__name__ == "ResidentFeatures" for source in train),
                "fade_steps": fade_steps, "feature_scales": scales, **state.notes}
     return TrainedModel(model=model, cfg=cfg, layer_names=layer_names, parts=parts, history=state.history,
@@ -271,7 +272,7 @@ def build_optimiser(model: FactorTopy, cfg: FitConfig) -> torch.optim.AdamW:
 
 def train_epoch(model: FactorTopy, train: Sequence[Any], optimiser: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, state: TrainState, cfg: FitConfig, *,
-                autocast_dtype: torch.dtype | None, fade_steps: int, edges: Sequence[torch.Tensor | None],
+                precision: str, fade_steps: int, edges: Sequence[torch.Tensor | None],
                 bar: Any) -> dict[str, Any]:
     """One pass over every subject's training images (``train``: one source per subject, ``edges`` one
     neighbour tensor or None per subject); each step fits one subject's batch with that subject's read-out.
@@ -282,7 +283,7 @@ def train_epoch(model: FactorTopy, train: Sequence[Any], optimiser: torch.optim.
     tic, seen, loss_sum, prior = time.perf_counter(), 0, 0.0, 0.0
     for subject, batch in interleaved_batches(train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch):
         prior = prior_weight(state.step, weight=cfg.prior_weight, fade_steps=fade_steps)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with autocast_context(device, precision):
             prediction = model(batch.local, batch.global_, subject=subject)
         loss = regression_loss(prediction.float(), batch.target, beta=cfg.loss_beta)
         total = loss
@@ -311,10 +312,10 @@ def train_epoch(model: FactorTopy, train: Sequence[Any], optimiser: torch.optim.
 
 
 def validation_scores(model: FactorTopy, parts: Sequence[SubjectPart], cfg: FitConfig,
-                      autocast_dtype: torch.dtype | None) -> dict[str, float]:
+                      precision: str) -> dict[str, float]:
     """``val_r2``: the mean over subjects of each subject's mean validation R^2 (what early stopping
     follows); with several subjects also ``val_r2_<subject>`` for each."""
-    scores = {part.subject.name: float(np.mean(r2_score(predict(model, part.sources["val"], cfg, autocast_dtype,
+    scores = {part.subject.name: float(np.mean(r2_score(predict(model, part.sources["val"], cfg, precision,
                                                                 subject=index), part.sources["val"].targets)))
               for index, part in enumerate(parts)}
     row = {"val_r2": float(np.mean(list(scores.values())))}
@@ -330,41 +331,22 @@ def standardise(responses: np.ndarray, train_rows: np.ndarray) -> Standardisatio
     return Standardisation(train.mean(axis=0).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
 
 
-def predict(model: FactorTopy, source: Any, cfg: FitConfig, autocast_dtype: torch.dtype | None, *,
+def predict(model: FactorTopy, source: Any, cfg: FitConfig, precision: str, *,
             subject: int = 0) -> np.ndarray:
     """Predictions of ``subject``'s read-out, shape (source.n_images, n_vertices), rows in the source's image order."""
     model.eval()
     out = np.zeros(source.targets.shape, dtype=np.float32)
-    with torch.no_grad(), torch.autocast(source.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+    with torch.no_grad(), autocast_context(source.device, precision):
         for batch in source.batches(batch_size=cfg.eval_batch_size, shuffle=False):
             out[batch.positions] = model(batch.local, batch.global_, subject=subject).float().cpu().numpy()
     model.train()
     return out
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; an unavailable CUDA request is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
-    return device
-
-
-def autocast_dtype_for(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype on CUDA (``None`` = fp32); the CPU always trains in fp32."""
-    if device.type != "cuda" or precision == "fp32":
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
 def fit_identity(stores: Sequence[FeatureStore], subjects: Sequence[Subject], cfg: FitConfig,
                  layer_names: tuple[str, ...]) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: layers, subjects, their splits, stores and config."""
-    config = {key: value for key, value in config_record(cfg).items() if key not in RESUMABLE_KEYS}
+    config = {key: value for key, value in to_json_data(cfg).items() if key not in RESUMABLE_KEYS}
     splits = [{name: hash_strings(map(str, subject.stimulus_ids[rows]))
                for name, rows in sorted(subject.splits.items())} for subject in subjects]
     return {"layer_names": list(layer_names), "subjects": [subject.name for subject in subjects],

@@ -26,7 +26,8 @@ import torch
 from cache.errors import InvalidInputError
 from cache.store import FeatureStore
 from stages.fit.factortopy import FactorTopy
-from stages.fit.ridge import RidgeConfig, score_layers, score_targets
+from stages.fit.config import FitConfig
+from stages.fit.ridge import score_layers, score_targets
 from stages.subject import Subject
 
 #: Vertices scored at once by :func:`cell_scores`: bounds its memory to ~(cells x components x block) floats.
@@ -165,27 +166,30 @@ def centre_targets(scores: np.ndarray, grid: int, *, temperature: float = 0.03) 
     return np.stack([weights.sum(axis=1) @ centres, weights.sum(axis=2) @ centres], axis=1).astype(np.float32)
 
 
-def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequence[Subject], *, mode: str,
-               layer_indices: Sequence[int], grid: int, temperature: float, seed: int = 0) -> dict[str, float]:
+def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequence[Subject], cfg: FitConfig, *,
+               layer_indices: Sequence[int], device: torch.device) -> dict[str, float]:
     """Initialise the (shared) selectors from cheap regressions on each subject's training images; returns a summary.
 
-    ``mode="layer"``: the layer selector from per-layer ridge scores (``score_layers``);
-    ``mode="layer+space"``: also the space selector from per-cell scores of each vertex's
-    best layer (``cell_scores`` -> ``centre_targets``). ``"none"`` does nothing. Each
-    subject's targets come from its own responses (``stores[i]`` holds ``subjects[i]``'s
-    images); :func:`fit_selectors` fits the shared selectors to all of them at once.
+    ``cfg.warm_start="layer"``: the layer selector from per-layer ridge scores (``score_layers``,
+    run on the fit's ``device``); ``"layer+space"``: also the space selector from per-cell
+    scores of each vertex's best layer (``cell_scores`` -> ``centre_targets``). ``"none"``
+    does nothing. Each subject's targets come from its own responses (``stores[i]`` holds
+    ``subjects[i]``'s images); :func:`fit_selectors` fits the shared selectors to all of them at once.
+
+    Args:
+        layer_indices: store indices of the fit's layers (resolved once by the input checks).
+        device: the fit's resolved device.
     """
-    if mode == "none":
+    if cfg.warm_start == "none":
         return {}
     started = time.perf_counter()
-    layer_names = tuple(stores[0].layer_names[i] for i in layer_indices)
     layer_targets, space_targets = [], []
     for store, subject in zip(stores, subjects):
-        scores = score_layers(store, subject, RidgeConfig(layers=layer_names, grid=grid))
-        layer_targets.append(score_targets(scores, temperature=temperature))
-        if mode == "layer+space":
+        scores = score_layers(store, subject, layer_indices=layer_indices, grid=cfg.grid, device=device)
+        layer_targets.append(score_targets(scores, temperature=cfg.warm_start_temperature))
+        if cfg.warm_start == "layer+space":
             best = np.nan_to_num(scores, nan=-np.inf).argmax(axis=1)
             space_targets.append(centre_targets(cell_scores(store, subject, layer_indices=layer_indices,
-                                                            best_layer=best, grid=grid, seed=seed), grid))
+                                                            best_layer=best, grid=cfg.grid, seed=cfg.seed), cfg.grid))
     losses = fit_selectors(model, layer_targets=layer_targets, space_targets=space_targets or None)
     return {"warm_start_seconds": time.perf_counter() - started, **{f"warm_start_{k}_loss": v for k, v in losses.items()}}

@@ -17,7 +17,7 @@ import numpy as np
 
 from cache.errors import InvalidInputError
 from stages.fit.result import FitResult
-from stages.report.surface_values import HEMISPHERES
+from stages.mesh import HEMISPHERES
 
 STRUCTURES = {"lh": "CortexLeft", "rh": "CortexRight"}
 

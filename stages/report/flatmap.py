@@ -20,9 +20,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from cache.errors import InvalidInputError
-from stages.mesh import CorticalMesh, HemisphereMesh
+from stages.mesh import HEMISPHERES, CorticalMesh, HemisphereMesh
 from stages.report.raster import sheet_raster
-from stages.report.surface_values import HEMISPHERES, value_range, vertex_rgba
+from stages.report.surface_values import value_range, vertex_rgba
 
 #: Gap between the two hemispheres, as a fraction of the left sheet's width.
 HEMISPHERE_GAP = 0.08

@@ -19,8 +19,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from cache.errors import InvalidInputError
-from stages.mesh import CorticalMesh
-from stages.report.surface_values import HEMISPHERES, face_colours, value_range, vertex_rgba
+from stages.mesh import HEMISPHERES, CorticalMesh
+from stages.report.surface_values import face_colours, value_range, vertex_rgba
 
 #: view -> hemisphere -> (direction towards the camera, screen "up").
 VIEWS: dict[str, dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]]] = {

@@ -15,8 +15,8 @@ from typing import Mapping
 import numpy as np
 from matplotlib.tri import Triangulation
 
-from stages.mesh import CorticalMesh
-from stages.report.surface_values import HEMISPHERES, underlay_grey
+from stages.mesh import HEMISPHERES, CorticalMesh
+from stages.report.surface_values import underlay_grey
 
 _CACHE: OrderedDict[tuple[int, int], tuple[CorticalMesh, "SheetRaster"]] = OrderedDict()
 _CACHE_SIZE = 4

@@ -13,10 +13,8 @@ from typing import Mapping
 import numpy as np
 
 from cache.errors import InvalidInputError
-from stages.mesh import CorticalMesh, HemisphereMesh
+from stages.mesh import HEMISPHERES, CorticalMesh, HemisphereMesh
 from stages.report.colours import scalar_colours
-
-HEMISPHERES = ("lh", "rh")
 
 
 def place_on_mesh(values: np.ndarray, hemisphere: np.ndarray, fsaverage_index: np.ndarray,

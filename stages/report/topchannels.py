@@ -4,20 +4,24 @@ For each ROI: the 3 principal directions (PCA) of the ROI's rows of the read-out
 ROI's mean layer weights; each layer's full-resolution local tokens passed through that
 layer's fitted bottleneck, resized to a common grid and combined with those weights; the
 result projected onto the 3 directions gives an RGB image, each channel clipped to its
-5th-95th percentile and scaled to 0..1.
+5th-95th percentile and scaled to 0..1. :func:`render_model_top_channels` runs a feature model
+on images and draws one such figure per image.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from PIL import Image
 
 from cache.errors import InvalidInputError
 from stages.fit.result import FitResult
+from stages.models.base import FeatureModel
+from stages.models.preprocess import image_to_tensor
 from stages.report.summaries import canonical_area
 
 #: The ROIs of the reference's top-channel figure.
@@ -129,3 +133,27 @@ def render_top_channels(image: np.ndarray, maps: Mapping[str, np.ndarray], *, ti
     if title:
         figure.suptitle(title, fontsize=9)
     return figure
+
+
+def render_model_top_channels(model: FeatureModel, images: Iterable[Image.Image], *, layers: Sequence[int],
+                              bottlenecks: Sequence[np.ndarray], channels: Sequence[RoiChannels],
+                              title: str = "") -> list[Figure]:
+    """One :func:`render_top_channels` figure per image: ``model``'s local tokens of the fitted layers, through
+    the fit's bottlenecks, seen through each ROI's directions.
+
+    Args:
+        model: the feature model the fit was made on.
+        images: decoded RGB images (taken one at a time, so a generator keeps one in memory).
+        layers: per fitted layer, its index among ``model.info.layer_names``.
+        bottlenecks: per fitted layer, float array of shape (n_bottleneck, n_channels_l).
+        channels: the ROIs' directions and layer mixes (:func:`roi_channels`).
+        title: suptitle of every figure.
+    """
+    figures = []
+    for picture in images:
+        with torch.no_grad():
+            tokens = model(image_to_tensor(picture, model.info.preprocessing)[None])
+        projected = bottleneck_tokens([tokens[i].local[0].float().numpy() for i in layers], bottlenecks)
+        maps = {c.roi: top_channel_rgb(projected, c) for c in channels}
+        figures.append(render_top_channels(np.asarray(picture), maps, title=title))
+    return figures

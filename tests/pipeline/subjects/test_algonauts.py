@@ -1,4 +1,4 @@
-"""The Algonauts 2023 reader on tiny folders written here, in the release's exact file formats."""
+"""The Algonauts 2023 reader on tiny folders in the release's exact file formats (``subject_folders``)."""
 
 from __future__ import annotations
 
@@ -14,72 +14,11 @@ from cache.errors import ConfigError, InvalidInputError, MissingInputError
 from pipeline.runroot import synthetic_root
 from pipeline.subjects import load_subject, read_algonauts
 from pipeline.surfaces import load_mesh
-
-N_FS = 163_842
-LH = np.array([5, 17, 100, 2000, 9000])
-RH = np.array([3, 50, 700, 10_000])
-PRF = {0: "Unknown", 1: "V1v", 2: "V1d", 7: "hV4"}
-FACES = {0: "Unknown", 1: "OFA", 2: "FFA-1"}
-
-
-def _labels(pairs: dict[int, int]) -> np.ndarray:
-    labels = np.zeros(N_FS, dtype=np.int32)
-    for index, label in pairs.items():
-        labels[index] = label
-    return labels
-
-
-def _write_images(folder: Path, prefix: str, nsd_ids: list[int]) -> None:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(len(nsd_ids))
-    for row in reversed(range(len(nsd_ids))):  # written out of order: the reader must sort
-        pixels = rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{prefix}-{row + 1:04d}_nsd-{nsd_ids[row]:05d}.png")
-
-
-def write_subject(root: Path, number: int = 1, *, n_train: int = 8, n_test: int = 3, test_fmri: bool = True,
-                  noise_ceiling: str | None = "percent", seed: int = 0) -> dict[str, np.ndarray]:
-    """An Algonauts-layout subject folder; returns the arrays written."""
-    rng = np.random.default_rng(seed)
-    folder = root / f"subj{number:02d}"
-    written: dict[str, np.ndarray] = {}
-    train_ids = sorted(rng.choice(73_000, n_train + n_test, replace=False).tolist())
-    _write_images(folder / "training_split" / "training_images", "train", train_ids[:n_train])
-    _write_images(folder / "test_split" / "test_images", "test", train_ids[n_train:])
-    written["train_ids"], written["test_ids"] = np.array(train_ids[:n_train]), np.array(train_ids[n_train:])
-    for split, n_rows, stem in (("training", n_train, "training"), ("test", n_test, "test")):
-        if split == "test" and not test_fmri:
-            continue
-        fmri_dir = folder / f"{split}_split" / f"{split}_fmri"
-        fmri_dir.mkdir(parents=True)
-        for hemi, idx in (("lh", LH), ("rh", RH)):
-            array = rng.standard_normal((n_rows, idx.size)).astype(np.float32)
-            np.save(fmri_dir / f"{hemi}_{stem}_fmri.npy", array)
-            written[f"{hemi}_{split}"] = array
-    roi_dir = folder / "roi_masks"
-    roi_dir.mkdir()
-    for hemi, idx in (("lh", LH), ("rh", RH)):
-        np.save(roi_dir / f"{hemi}.all-vertices_fsaverage_space.npy", _labels({i: 1 for i in idx}))
-    np.save(roi_dir / "lh.prf-visualrois_fsaverage_space.npy", _labels({5: 1, 17: 2, 100: 7, 4: 1}))
-    np.save(roi_dir / "rh.prf-visualrois_fsaverage_space.npy", _labels({3: 1, 50: 2}))
-    np.save(roi_dir / "lh.floc-faces_fsaverage_space.npy", _labels({2000: 2}))
-    np.save(roi_dir / "rh.floc-faces_fsaverage_space.npy", _labels({700: 1, 10_000: 2}))
-    np.save(roi_dir / "lh.prf-visualrois_challenge_space.npy", np.array([1, 2, 7, 0, 0]))  # not read
-    np.save(roi_dir / "mapping_prf-visualrois.npy", PRF)
-    np.save(roi_dir / "mapping_floc-faces.npy", {np.int64(k): v for k, v in FACES.items()})
-    if noise_ceiling:
-        nc_dir = folder / "test_split" / "noise_ceiling"
-        nc_dir.mkdir()
-        scale = 100.0 if noise_ceiling == "percent" else 1.0
-        for hemi, idx in (("lh", LH), ("rh", RH)):
-            fraction = rng.uniform(0.05, 0.9, idx.size)
-            np.save(nc_dir / f"{hemi}_noise_ceiling.npy", fraction * scale)
-            written[f"{hemi}_nc"] = fraction
-    return written
+from subject_folders import ALGONAUTS_LH as LH, ALGONAUTS_RH as RH, N_FS, fsaverage_labels, write_algonauts
 
 
 def test_round_trip_matches_the_written_arrays(tmp_path: Path) -> None:
-    written = write_subject(tmp_path)
+    written = write_algonauts(tmp_path)
     subject = read_algonauts(tmp_path, 1, split_seed=3)
     assert subject.name == "subj01"
     expected = np.vstack([np.hstack([written["lh_training"], written["rh_training"]]),
@@ -106,7 +45,7 @@ def test_round_trip_matches_the_written_arrays(tmp_path: Path) -> None:
 
 
 def test_sphere_coordinates_come_from_the_fsaverage_sphere(tmp_path: Path) -> None:
-    write_subject(tmp_path)
+    write_algonauts(tmp_path)
     subject = read_algonauts(tmp_path, 1, mask=("prf-visualrois",))
     sphere = load_mesh("fsaverage5", "sphere")
     lh = subject.hemisphere == "lh"
@@ -118,7 +57,7 @@ def test_sphere_coordinates_come_from_the_fsaverage_sphere(tmp_path: Path) -> No
 
 
 def test_mask_by_class_and_by_roi_name(tmp_path: Path) -> None:
-    write_subject(tmp_path)
+    write_algonauts(tmp_path)
     by_class = read_algonauts(tmp_path, 1, mask=("prf-visualrois",))
     assert by_class.concatenated_index.tolist() == [5, 17, 100, 3 + N_FS, 50 + N_FS]
     by_name = read_algonauts(tmp_path, 1, mask=("FFA-1", "OFA"))
@@ -129,7 +68,7 @@ def test_mask_by_class_and_by_roi_name(tmp_path: Path) -> None:
 
 
 def test_nan_vertices_are_dropped_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    written = write_subject(tmp_path)
+    written = write_algonauts(tmp_path)
     lh = written["lh_training"].copy()
     lh[2, 1] = np.nan
     lh[0, 3] = np.inf
@@ -145,7 +84,7 @@ def test_nan_vertices_are_dropped_and_counted(tmp_path: Path, caplog: pytest.Log
 
 
 def test_missing_test_fmri_holds_out_a_seeded_fraction(tmp_path: Path) -> None:
-    write_subject(tmp_path, n_train=40, test_fmri=False, noise_ceiling="fraction")
+    write_algonauts(tmp_path, n_train=40, test_fmri=False, noise_ceiling="fraction")
     first = read_algonauts(tmp_path, 1, split_seed=5, test_fraction=0.2, val_fraction=0.25)
     again = read_algonauts(tmp_path, 1, split_seed=5, test_fraction=0.2, val_fraction=0.25)
     other = read_algonauts(tmp_path, 1, split_seed=6, test_fraction=0.2, val_fraction=0.25)
@@ -159,7 +98,7 @@ def test_missing_test_fmri_holds_out_a_seeded_fraction(tmp_path: Path) -> None:
 
 
 def test_subject_folder_given_directly_and_by_name(tmp_path: Path) -> None:
-    write_subject(tmp_path, 2, noise_ceiling=None)
+    write_algonauts(tmp_path, 2, noise_ceiling=None)
     assert read_algonauts(tmp_path / "subj02", 2).noise_ceiling is None
     assert read_algonauts(tmp_path, "subj02").n_images == 11
     with pytest.raises(MissingInputError, match="subj03.*subj02"):
@@ -170,7 +109,7 @@ def test_subject_folder_given_directly_and_by_name(tmp_path: Path) -> None:
 
 def test_load_subject_dispatch(tmp_path: Path) -> None:
     run_root = tmp_path / "runs"
-    write_subject(synthetic_root(run_root), 1)
+    write_algonauts(synthetic_root(run_root), 1)
     subject = load_subject("synthetic", 1, root=run_root)
     assert subject.source["reader"] == "synthetic" and subject.n_vertices == 9
     with pytest.raises(InvalidInputError, match="noise_ceiling.*read as a fraction.*'fraction'"):
@@ -237,7 +176,7 @@ def _break(case: str, folder: Path) -> str:
         (rois / "mapping_floc-faces.npy").unlink()
         return "mapping_floc-faces.npy does not exist"
     if case == "unnamed label":
-        np.save(rois / "lh.floc-faces_fsaverage_space.npy", _labels({2000: 9}))
+        np.save(rois / "lh.floc-faces_fsaverage_space.npy", fsaverage_labels({2000: 9}))
         return "floc-faces_fsaverage_space.npy with mapping_floc-faces.npy: labels [9]"
     if case == "missing hemisphere labels":
         (rois / "rh.prf-visualrois_fsaverage_space.npy").unlink()
@@ -271,7 +210,7 @@ BAD_CASES = ["missing fMRI", "missing vertex mask", "mask length", "label length
 
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_gives_an_error_naming_the_file(tmp_path: Path, case: str) -> None:
-    write_subject(tmp_path)
+    write_algonauts(tmp_path)
     fragment = _break(case, tmp_path / "subj01")
     with pytest.raises((InvalidInputError, MissingInputError)) as caught:
         read_algonauts(tmp_path, 1)

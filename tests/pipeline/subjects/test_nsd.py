@@ -1,11 +1,10 @@
-"""The NSD fsaverage-betas reader on a tiny NSD folder written here in the release's file formats."""
+"""The NSD fsaverage-betas reader on a tiny NSD folder in the release's file formats (``subject_folders``)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import scipy.io
@@ -13,60 +12,9 @@ import scipy.stats
 
 from cache.errors import InvalidInputError, MissingInputError
 from pipeline.subjects import load_subject, read_nsd
-
-N_FS = 163_842
-T = 6  # trials per session (750 in NSD)
-GENERAL = {"lh": np.array([10, 20, 30, 40]), "rh": np.array([11, 21, 31])}
-NAN_VERTEX = ("rh", 21)  # a NaN beta in one session, as in subjects 6 and 8
-SUBJECTIM_ROW = np.array([101, 5, 73_000, 40, 7, 900, 12, 3])  # 1-based 73k ids of subject 2's images
-SHARED = np.array([40, 900, 55])  # 1-based 73k ids
-# 3 sessions x 6 trials, 1-based indices into the subject's 8 images: repeats 3, 3, 2, 2, 3, 1, 2, 2
-ORDER = np.array([1, 2, 3, 1, 4, 5,   2, 6, 1, 7, 3, 8,   5, 2, 4, 5, 7, 8])
-
-
-def _mgh(path: Path, data: np.ndarray) -> None:
-    nib.save(nib.MGHImage(data, np.eye(4)), path)
-
-
-def write_nsd(root: Path, *, sessions: int = 3) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    design = root / "nsddata" / "experiments" / "nsd"
-    design.mkdir(parents=True)
-    subjectim = rng.integers(1, 73_000, (8, 8))
-    subjectim[1] = SUBJECTIM_ROW
-    scipy.io.savemat(design / "nsd_expdesign.mat", {"masterordering": ORDER[None, :].astype(np.float64),
-                                                     "subjectim": subjectim.astype(np.float64),
-                                                     "sharedix": SHARED[None, :].astype(np.float64)})
-    betas_dir = root / "nsddata_betas" / "ppdata" / "subj02" / "fsaverage" / "betas_fithrf_GLMdenoise_RR"
-    betas_dir.mkdir(parents=True)
-    labels = root / "nsddata" / "freesurfer" / "fsaverage" / "label"
-    labels.mkdir(parents=True)
-    written = {}
-    for hemi, idx in GENERAL.items():
-        general = np.zeros((N_FS, 1, 1), dtype=np.int32)
-        general[idx] = 1
-        general[5] = -1  # outside-brain code: not a kept vertex
-        _mgh(labels / f"{hemi}.nsdgeneral.mgz", general)
-        for session in range(1, sessions + 1):
-            betas = np.zeros((N_FS, 1, 1, T), dtype=np.float32)
-            values = rng.normal(2.0, 3.0, (idx.size, T)).astype(np.float32)
-            if (hemi, session) == (NAN_VERTEX[0], 2):
-                values[list(idx).index(NAN_VERTEX[1]), 4] = np.nan
-            betas[idx, 0, 0, :] = values
-            _mgh(betas_dir / f"{hemi}.betas_session{session:02d}.mgh", betas)
-            written[f"{hemi}{session}"] = values
-        snr = np.zeros((N_FS, 1, 1), dtype=np.float32)
-        snr[idx, 0, 0] = rng.uniform(0.2, 1.5, idx.size)
-        _mgh(betas_dir / f"{hemi}.ncsnr.mgh", snr)
-        written[f"{hemi}_snr"] = snr[idx, 0, 0]
-        prf = np.zeros((N_FS, 1, 1), dtype=np.int32)
-        prf[idx[:2], 0, 0] = [1, 3]
-        _mgh(labels / f"{hemi}.prf-visualrois.mgz", prf)
-        faces = np.zeros((N_FS, 1, 1), dtype=np.int32)
-        faces[idx[-1], 0, 0] = 2
-        _mgh(labels / f"{hemi}.floc-faces.mgz", faces)
-    (labels / "prf-visualrois.mgz.ctab").write_text("0 Unknown\n1 V1v\n2 V1d\n3 V2v\n")
-    return written
+from subject_folders import (
+    N_FS, NSD_ORDER as ORDER, NSD_SUBJECTIM_ROW as SUBJECTIM_ROW, NSD_TRIALS as T, save_mgh, write_nsd,
+)
 
 
 def _oracle(written: dict[str, np.ndarray], hemi: str, sessions: int = 3) -> dict[int, np.ndarray]:
@@ -141,13 +89,13 @@ def _break(case: str, root: Path) -> str:
         (betas / "rh.betas_session02.mgh").unlink()
         return "rh.betas_session02.mgh does not exist"
     if case == "wrong trial count":
-        _mgh(betas / "lh.betas_session03.mgh", np.zeros((N_FS, 1, 1, T + 1), dtype=np.float32))
+        save_mgh(betas / "lh.betas_session03.mgh", np.zeros((N_FS, 1, 1, T + 1), dtype=np.float32))
         return "lh.betas_session03.mgh have shape (163842, 1, 1, 7)"
     if case == "corrupt betas":
         (betas / "lh.betas_session01.mgh").write_bytes(b"\x00" * 100)
         return "lh.betas_session01.mgh is not a readable MGH/MGZ file"
     if case == "label length":
-        _mgh(labels / "rh.nsdgeneral.mgz", np.ones((10_242, 1, 1), dtype=np.int32))
+        save_mgh(labels / "rh.nsdgeneral.mgz", np.ones((10_242, 1, 1), dtype=np.int32))
         return "rh.nsdgeneral.mgz has shape (10242,)"
     if case == "missing nsdgeneral":
         (labels / "lh.nsdgeneral.mgz").unlink()
@@ -156,11 +104,11 @@ def _break(case: str, root: Path) -> str:
         (labels / "rh.floc-faces.mgz").unlink()
         return "rh.floc-faces.mgz does not exist"
     if case == "ncsnr NaN":
-        _mgh(betas / "lh.ncsnr.mgh", np.full((N_FS, 1, 1), np.nan, dtype=np.float32))
+        save_mgh(betas / "lh.ncsnr.mgh", np.full((N_FS, 1, 1), np.nan, dtype=np.float32))
         return "lh.ncsnr.mgh holds NaN/Inf"
     if case == "all NaN":
         for session in (1, 2, 3):
-            _mgh(betas / f"lh.betas_session{session:02d}.mgh", np.full((N_FS, 1, 1, T), np.nan, dtype=np.float32))
+            save_mgh(betas / f"lh.betas_session{session:02d}.mgh", np.full((N_FS, 1, 1, T), np.nan, dtype=np.float32))
         return "lh.betas_session*.mgh: every one of the 4 vertices"
     raise AssertionError(case)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from builders import SYNTHETIC_FEATURES, image_folder, random_store
 from cache.errors import InvalidInputError, MissingInputError
 from pipeline import runroot
 from pipeline.cli import main
@@ -17,7 +18,6 @@ from pipeline.synthetic.config import SyntheticConfig
 from pipeline.synthetic.generate import split_images, synthesize_subject
 from pipeline.synthetic.layout import load_planted_truth
 from stages.fit.result import REQUIRED_COLUMNS
-from synthetic_store import image_folder, random_store
 
 CFG = SyntheticConfig(vertices_per_hemisphere=120, batch_size=32)
 
@@ -25,7 +25,7 @@ CFG = SyntheticConfig(vertices_per_hemisphere=120, batch_size=32)
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("synth")
-    store = random_store(base / "store.zarr", n_images=80)
+    store = random_store(base / "store.zarr", n_images=80, **SYNTHETIC_FEATURES)
     files = image_folder(base / "images", store.image_ids.tolist())
     summary = synthesize_subject(store, files, base / "synthetic", 2, cfg=CFG, seed=5, model="random-test")
     return store, files, base / "synthetic", summary
@@ -137,7 +137,8 @@ def test_missing_image_files_are_named(made, tmp_path: Path) -> None:
 def test_command_makes_subjects_and_reports(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run_root = tmp_path / "runs"
     images = tmp_path / "pictures"
-    store = random_store(runroot.feature_store_path(run_root, "pictures", "random-test"), n_images=40)
+    store = random_store(runroot.feature_store_path(run_root, "pictures", "random-test"), n_images=40,
+                         **SYNTHETIC_FEATURES)
     image_folder(images, store.image_ids.tolist())
     argv = ["--run-root", str(run_root), "synth", "--subjects", "1", "--model", "random-test", "--images",
             str(images), "--vertices", "60", "--noise-ceiling", "0.5", "--no-progress"]

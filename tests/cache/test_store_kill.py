@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from builders import REPO_ROOT, TESTS_DIR, random_features
 from cache.store import FeatureStore, StoreLayout
 
 # ~5 MB of float64 input per block, so a block takes tens of ms and the kills land mid-store
@@ -34,17 +35,14 @@ WRITER = textwrap.dedent("""
 
 def chunk_features(store: FeatureStore, chunk: int) -> tuple[dict[int, list[np.ndarray]], list[np.ndarray]]:
     """Deterministic features of one block (the same in every process)."""
-    rng = np.random.default_rng(chunk)
     rows = store.chunk_rows(chunk)
-    n = rows.stop - rows.start
-    local = {grid: [rng.normal(size=(n, width, grid, grid)) for width in store.n_channels] for grid in store.grids}
-    return local, [rng.normal(size=(n, width)) for width in store.n_channels]
+    return random_features(store.layout, rows.stop - rows.start, seed=chunk)
 
 
 def kill_after(store: FeatureStore, n_done: int) -> None:
     """Start a writer process and SIGKILL it once ``n_done`` more blocks are recorded."""
     before = store.n_chunks - len(store.pending_chunks())
-    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(TESTS_DIR)])}
     process = subprocess.Popen([sys.executable, "-c", WRITER, str(store.path), str(Path(__file__).parent)], env=env)
     try:
         while store.n_chunks - len(store.pending_chunks()) < before + n_done and process.poll() is None:

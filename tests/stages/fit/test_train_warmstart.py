@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
+from stages.fit import train as train_module
+from stages.fit.config import FitConfig
 from stages.fit.factortopy import FactorTopy, FactorTopyConfig
 from stages.fit.ridge import score_targets
 from stages.fit import warmstart
 from stages.fit.warmstart import cell_scores, centre_targets, fit_selectors
-from train_fixtures import make_store, make_subject
 
 
-def test_cell_scores_find_the_planted_cells(tmp_path):
-    store = make_store(tmp_path / "features.zarr", n_images=160, channels=(6, 8))
-    subject, truth = make_subject(store, n_vertices=8, noise=0.2, n_val=8, n_test=8)
+@pytest.mark.store(n_images=160, channels=(6, 8))
+def test_cell_scores_find_the_planted_cells(store, make_subject):
+    subject, truth = make_subject(n_vertices=8, noise=0.2, n_val=8, n_test=8)
     scores = cell_scores(store, subject, layer_indices=[0, 1], best_layer=truth["layers"], grid=8, n_components=16)
     assert scores.shape == (8, 64)
     best = scores.argmax(axis=1)
@@ -25,10 +27,10 @@ def test_cell_scores_find_the_planted_cells(tmp_path):
     assert np.abs(centres - expected).max() < 0.25
 
 
-def test_cell_scores_equal_the_explicit_residuals_in_any_vertex_block(tmp_path, monkeypatch):
+@pytest.mark.store(n_images=120, channels=(6, 8))
+def test_cell_scores_equal_the_explicit_residuals_in_any_vertex_block(store, make_subject, monkeypatch):
     """Scored in blocks of 3 vertices, the scores equal 1 - |y - x w|^2 / |y|^2 computed in full."""
-    store = make_store(tmp_path / "features.zarr", n_images=120, channels=(6, 8))
-    subject, truth = make_subject(store, n_vertices=8, noise=0.5, n_val=8, n_test=8)
+    subject, truth = make_subject(n_vertices=8, noise=0.5, n_val=8, n_test=8)
     whole = cell_scores(store, subject, layer_indices=[0, 1], best_layer=truth["layers"], grid=8, n_components=4)
     monkeypatch.setattr(warmstart, "VERTEX_BLOCK", 3)
     blocked = cell_scores(store, subject, layer_indices=[0, 1], best_layer=truth["layers"], grid=8, n_components=4)
@@ -77,3 +79,27 @@ def test_fit_selectors_reaches_targets():
     assert (chosen.layer_weights.argmax(dim=1).numpy() == np.arange(30) % 3).mean() > 0.9
     assert np.abs(chosen.space.detach().numpy() - space).mean() < 0.1
     torch.testing.assert_close(chosen.scale.detach(), scale_before)
+
+
+@pytest.mark.store(channels=(6, 8))
+@pytest.mark.store(n_images=64, channels=(6, 8))
+def test_warm_start_runs_its_ridge_on_the_fit_device(store, make_subject, monkeypatch):
+    """``--device cpu`` on a CUDA machine: the warm start's ridge gets the fit's device, not its own "auto".
+
+    While the ridge runs, CUDA claims to be available, so a ridge that resolved "auto" itself would pick it.
+    """
+    subject, _ = make_subject(n_vertices=5)
+    seen = []
+    original = warmstart.score_layers
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["device"])
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.cuda, "is_available", lambda: True)
+            return original(*args, **kwargs)
+
+    monkeypatch.setattr(warmstart, "score_layers", spy)
+    cfg = FitConfig(epochs=1, batch_size=16, warm_start="layer+space", device="cpu")
+    result = train_module.fit_factortopy(store, subject, cfg, checkpoint_dir=None, progress=False)
+    assert seen == [torch.device("cpu")]
+    assert result.metrics["device"] == "cpu" and result.config["device"] == "cpu"

@@ -15,7 +15,7 @@ from PIL import Image
 from cache.errors import ConfigError, InvalidInputError, StoreMismatchError
 from cache.store import FeatureStore
 from stages.features.extract import (
-    ExtractConfig, extract_features, resolve_autocast, store_layout, store_provenance, tune_allocator,
+    ExtractConfig, extract_features, resolve_extract_precision, store_layout, store_provenance, tune_allocator,
 )
 from stages.features.image_source import ImageSource
 from stages.models.base import FeatureModel, LayerTokens, ModelInfo, Preprocessing
@@ -154,7 +154,7 @@ def test_writer_errors_reach_the_caller(tmp_path: Path, monkeypatch: pytest.Monk
 def test_bf16_autocast_on_cpu_is_close_to_float32(tmp_path: Path) -> None:
     model, images = TinyModel(), _images(6)
     exact_cfg = ExtractConfig(dtype="float32", chunk_images=3)
-    bf16_cfg = ExtractConfig(dtype="float32", chunk_images=3, autocast="bf16")
+    bf16_cfg = ExtractConfig(dtype="float32", chunk_images=3, precision="bf16")
     exact = _store(tmp_path / "a.zarr", model, images, exact_cfg)
     extract_features(model, images, exact, exact_cfg, progress=False)
     fast = _store(tmp_path / "b.zarr", model, images, bf16_cfg)
@@ -164,11 +164,11 @@ def test_bf16_autocast_on_cpu_is_close_to_float32(tmp_path: Path) -> None:
     np.testing.assert_allclose(b.local[0], a.local[0], atol=0.05 * np.abs(a.local[0]).max())
 
 
-def test_config_rules_and_autocast_resolution() -> None:
-    assert resolve_autocast(ExtractConfig(device="cpu")) == "off"
-    assert resolve_autocast(ExtractConfig(device="cpu", autocast="bf16")) == "bf16"
-    with pytest.raises(ConfigError, match="autocast"):
-        ExtractConfig(autocast="int8")
+def test_config_rules_and_precision_resolution() -> None:
+    assert resolve_extract_precision(ExtractConfig(device="cpu")) == "fp32"
+    assert resolve_extract_precision(ExtractConfig(device="cpu", precision="bf16")) == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        ExtractConfig(precision="int8")
     with pytest.raises(ConfigError, match="batch_size"):
         ExtractConfig(batch_size=0)
 

@@ -13,9 +13,9 @@ from cache.errors import ConfigError, IncompleteStoreError, InvalidInputError, S
 from stages.fit.result import FitResult
 from stages.fit.ridge import RidgeConfig, fit_ridge, score_layers
 from stages.fit.ridge_solver import choose_alphas, loo_errors, predict, ridge_coefficients, spectrum_from_features
-from train_fixtures import make_store, make_subject
 
 ALPHAS = np.logspace(-2, 4, 9)
+pytestmark = pytest.mark.store(n_images=120)  # enough images for the planted answers
 
 
 def regression_problem(n_samples: int, n_features: int, n_targets: int = 7, seed: int = 0):
@@ -53,13 +53,8 @@ def test_leave_one_out_alpha_choice_matches_sklearn_ridgecv(shape: tuple[int, in
     assert np.allclose(new, reference.predict(x_new), atol=1e-8)
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    return make_store(tmp_path / "store.zarr", n_images=120)
-
-
-def test_ridge_recovers_planted_layers_and_scores(store) -> None:
-    subject, truth = make_subject(store, n_vertices=16, token="global", noise=0.3)
+def test_ridge_recovers_planted_layers_and_scores(store, make_subject) -> None:
+    subject, truth = make_subject(n_vertices=16, token="global", noise=0.3)
     result = fit_ridge(store, subject, RidgeConfig(alphas=(0.01, 0.1, 1.0, 10.0, 100.0)))
     assert result.method == "ridge" and result.layer_names == store.layer_names
     assert (result.vertices["layer_argmax"] == truth["layers"]).mean() >= 0.9
@@ -72,9 +67,9 @@ def test_ridge_recovers_planted_layers_and_scores(store) -> None:
     assert result.config["method"] == "ridge" and "environment" in result.provenance
 
 
-def test_ridge_scores_match_an_independent_refit(store) -> None:
+def test_ridge_scores_match_an_independent_refit(store, make_subject) -> None:
     """The val predictions of vertex 0 equal an sklearn Ridge refit on its chosen layer with its alpha."""
-    subject, _ = make_subject(store, n_vertices=4, token="global", noise=0.3, seed=4)
+    subject, _ = make_subject(n_vertices=4, token="global", noise=0.3, seed=4)
     cfg = RidgeConfig(feature_sets=("global",), alphas=(0.1, 1.0, 10.0))
     result = fit_ridge(store, subject, cfg)
     features = store.read(subject.stimulus_ids).global_[int(result.vertices["layer_argmax"][0])].astype(np.float64)
@@ -87,8 +82,8 @@ def test_ridge_scores_match_an_independent_refit(store) -> None:
     assert result.vertices["r2_val"][0] == pytest.approx(expected, abs=1e-4)
 
 
-def test_banded_ridge_weights_the_planted_band(store, tmp_path: Path) -> None:
-    subject, truth = make_subject(store, n_vertices=12, token="global", noise=0.3)
+def test_banded_ridge_weights_the_planted_band(store, make_subject, tmp_path: Path) -> None:
+    subject, truth = make_subject(n_vertices=12, token="global", noise=0.3)
     cfg = RidgeConfig(method="banded-ridge", banded_features="global", banded_samples=3, alphas=(0.01, 0.1, 1.0))
     result = fit_ridge(store, subject, cfg)
     assert result.method == "banded-ridge"
@@ -99,14 +94,15 @@ def test_banded_ridge_weights_the_planted_band(store, tmp_path: Path) -> None:
     assert np.array_equal(loaded.vertices["layer_argmax"], result.vertices["layer_argmax"])
 
 
-def test_score_layers_for_the_warm_start(store) -> None:
-    subject, truth = make_subject(store, n_vertices=10, token="global", noise=0.3, seed=2)
-    scores = score_layers(store, subject, RidgeConfig(feature_sets=("global",), alphas=(0.1, 1.0, 10.0)))
+def test_score_layers_for_the_warm_start(store, make_subject) -> None:
+    subject, truth = make_subject(n_vertices=10, token="global", noise=0.3, seed=2)
+    scores = score_layers(store, subject, layer_indices=[0, 1, 2], grid=8, device=torch.device("cpu"),
+                          settings=RidgeConfig(feature_sets=("global",), alphas=(0.1, 1.0, 10.0)))
     assert scores.shape == (10, 3) and scores.dtype == np.float32
     assert (scores.argmax(axis=1) == truth["layers"]).mean() >= 0.9
 
 
-def test_bad_config_and_inputs(store) -> None:
+def test_bad_config_and_inputs(store, make_subject) -> None:
     with pytest.raises(ConfigError, match="method"):
         RidgeConfig(method="lasso")
     with pytest.raises(ConfigError, match="feature_sets"):
@@ -115,7 +111,7 @@ def test_bad_config_and_inputs(store) -> None:
         RidgeConfig(alphas=(0.0, 1.0))
     with pytest.raises(ConfigError, match="banded_features"):
         RidgeConfig(banded_features="all")
-    subject, _ = make_subject(store, n_vertices=4)
+    subject, _ = make_subject(n_vertices=4)
     with pytest.raises(StoreMismatchError, match="not in the feature store"):
         fit_ridge(store, subject, RidgeConfig(layers=("block9",)))
     responses = subject.responses.copy()

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import zarr
 
+from builders import REPO_ROOT
 from cache.store import FeatureStore
 from pipeline import cli, runroot
 from pipeline.imagesets.demo import write_demo_images
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = "timm:test_vit"
 #: The console command restricted to `features`, so the test depends on no other sub-command.
 LAUNCH = ("import sys; from pipeline import cli; cli.COMMAND_MODULES = ('pipeline.commands.features',); "
@@ -37,8 +37,8 @@ def _done_chunks(store: Path) -> int:
 
 
 def _start(run_root: Path, images: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", LAUNCH, *_arguments(run_root, images)], cwd=ROOT, env=env,
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", LAUNCH, *_arguments(run_root, images)], cwd=REPO_ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 
@@ -10,17 +11,20 @@ import pytest
 from pipeline import cli, runroot
 from pipeline.commands import fit as fit_command
 from pipeline.report.inputs import discover_inputs
-from stages.fit.config import FitConfig, reference_preset
-from stages.fit.result import FIT_JSON, VERTEX_TABLE, WEIGHTS_FILE, FitResult
-from train_fixtures import make_store, make_subject
+from cache.errors import ConfigError
+from pipeline.config import build_config
+from stages.fit.config import REFERENCE_PRESET, FitConfig
+from stages.fit.ridge import RidgeConfig
+from stages.fit.result import FIT_JSON, VERTEX_TABLE, FitResult
+from stages.fit.weights_file import WEIGHTS_FILE
 
 FAST = ["--epochs", "1", "--batch-size", "16", "--warm-start", "none", "--no-progress"]
 
 
 @pytest.fixture()
-def run_root(tmp_path, monkeypatch):
+def run_root(tmp_path, monkeypatch, make_store, make_subject):
     root = tmp_path / "runs"
-    store = make_store(runroot.feature_store_path(root, "demo", "fake"), n_images=64)
+    store = make_store(runroot.feature_store_path(root, "demo", "fake"))
     subject, _ = make_subject(store, n_vertices=5)
     calls = []
 
@@ -55,7 +59,7 @@ def test_reference_preset_then_flags(run_root):
     assert cli.main(["--run-root", str(run_root[0]), "fit", "--model", "fake", "--reference", "--epochs", "1",
                      "--batch-size", "16", "--no-progress"]) == 0
     config = _fit_json(run_root)["config"]
-    reference = reference_preset()
+    reference = build_config(FitConfig, REFERENCE_PRESET)
     assert config["selector_lr"] is None and config["warm_start"] == "none"
     assert config["prior_fade_steps"] == reference.prior_fade_steps and config["prior_fade_epochs"] is None
     assert config["epochs"] == 1 and config["batch_size"] == 16
@@ -89,9 +93,36 @@ def test_non_synthetic_data_needs_root(run_root, capsys):
     assert "--root" in capsys.readouterr().err
 
 
+def _resolved(*argv: str):
+    parser = argparse.ArgumentParser()
+    fit_command.add_arguments(parser)
+    return fit_command.resolve_config(parser.parse_args(argv))
+
+
+def test_config_is_resolved_once_at_the_door(tmp_path):
+    """Defaults, the reference table, a TOML table and the flags given merge into one frozen config."""
+    preset = tmp_path / "preset.toml"
+    preset.write_text('[fit]\nepochs = 3\nselector_lr = 0.004\n[fit.model]\nbottleneck = 16\n'
+                      '[ridge]\nalphas = [1.0, 10.0]\n')
+    cfg = _resolved("--reference", "--config", str(preset), "--epochs", "5", "--scale-mode", "pyramid",
+                    "--device", "cpu", "--precision", "off")
+    assert isinstance(cfg, FitConfig)
+    assert (cfg.epochs, cfg.selector_lr, cfg.batch_size, cfg.device, cfg.precision) == (5, 0.004, 8, "cpu", "fp32")
+    assert (cfg.model.bottleneck, cfg.model.scale_mode, cfg.model.hidden) == (16, "pyramid", 128)
+    assert _resolved().selector_lr == FitConfig().selector_lr  # flags not given leave the defaults alone
+    ridge = _resolved("--method", "banded-ridge", "--config", str(preset), "--device", "cpu", "--layers", "b,a",
+                      "--seed", "3", "--epochs", "2")
+    assert ridge == RidgeConfig(method="banded-ridge", alphas=(1.0, 10.0), device="cpu", layers=("b", "a"), seed=3)
+
+
+def test_reference_is_refused_for_ridge():
+    with pytest.raises(ConfigError, match="--reference"):
+        _resolved("--method", "ridge", "--reference")
+
+
 def test_reference_preset_constants():
     """Every reference constant of method.md."""
-    cfg = reference_preset()
+    cfg = build_config(FitConfig, REFERENCE_PRESET)
     assert (cfg.grid, cfg.model.bottleneck, cfg.model.n_frequencies * 6, cfg.model.scale_mode) == (8, 128, 192, "mix")
     assert (cfg.loss_beta, cfg.prior_weight, cfg.prior_fade_steps, cfg.prior_fade_epochs) == (0.1, 0.1, 2000, None)
     assert (cfg.lr, cfg.selector_lr, cfg.weight_decay, cfg.batch_size, cfg.clip_grad_norm) == (1e-3, None, 0.01, 8, 0.5)
@@ -101,9 +132,9 @@ def test_reference_preset_constants():
 
 
 @pytest.fixture()
-def joint_root(tmp_path, monkeypatch):
+def joint_root(tmp_path, monkeypatch, make_store, make_subject):
     root = tmp_path / "runs"
-    store = make_store(runroot.feature_store_path(root, "demo", "fake"), n_images=64)
+    store = make_store(runroot.feature_store_path(root, "demo", "fake"))
     subjects = {key: replace(make_subject(store, n_vertices=4 + key, seed=key)[0], name=f"subj{key:02d}")
                 for key in (1, 2)}
     monkeypatch.setattr(fit_command, "load_subject", lambda data, key, **kwargs: subjects[key])

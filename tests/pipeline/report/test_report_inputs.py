@@ -63,8 +63,9 @@ def test_top_channel_figures_from_a_saved_factortopy_fit(tmp_path: Path) -> None
     from PIL import Image
     from safetensors.torch import save_file as save_torch
 
+    from pipeline.imagesets.folder import list_image_files
     from pipeline.report.inputs import load_input
-    from pipeline.report.topchannels import list_images, top_channel_figures
+    from pipeline.report.topchannels import top_channel_figures
     from stages.fit.factortopy import FactorTopy, FactorTopyConfig
     from stages.fit.result import layer_weight_column
     from stages.models.registry import load_model
@@ -87,7 +88,7 @@ def test_top_channel_figures_from_a_saved_factortopy_fit(tmp_path: Path) -> None
     images.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(images / "a.png")
     (images / "notes.txt").write_text("not an image")
-    figures = top_channel_figures(load_input(folder), list_images(images))
+    figures = top_channel_figures(load_input(folder), list_image_files(images))
     assert [stem for stem, _ in figures] == ["a"]
     titles = [ax.get_title() for ax in figures[0][1].axes if ax.get_title()]
     assert titles == ["image", "V1", "V2", "V3", "V4", "FFA", "PPA"]

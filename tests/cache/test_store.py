@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
+from builders import random_features, write_features
 from cache.errors import IncompleteStoreError, InvalidInputError, MissingInputError, StoreMismatchError
 from cache.provenance import hash_strings
 from cache.schema import TARGET_CHUNK_BYTES, choose_chunk_images
@@ -21,33 +22,17 @@ PROVENANCE = {"model": {"model_id": "timm:test", "weights": "sha256-aaa"}, "prep
               "environment": {"created_utc": "2026-01-01T00:00:00+00:00", "packages": {"zarr": "3.1.6"}}}
 
 
-def features(layout: StoreLayout, n_images: int, seed: int = 0) -> tuple[dict[int, list[np.ndarray]], list[np.ndarray]]:
-    """Random float32 features: local[grid][layer] (n, C, g, g) and global_[layer] (n, C)."""
-    rng = np.random.default_rng(seed)
-    local = {grid: [rng.normal(size=(n_images, width, grid, grid)).astype(np.float32) for width in layout.n_channels]
-             for grid in layout.grids}
-    global_ = [rng.normal(size=(n_images, width)).astype(np.float32) for width in layout.n_channels]
-    return local, global_
-
-
-def write_all(store: FeatureStore, local: dict[int, list[np.ndarray]], global_: list[np.ndarray],
-              chunks: list[int] | None = None) -> None:
-    for chunk in store.pending_chunks() if chunks is None else chunks:
-        rows = store.chunk_rows(chunk)
-        store.write_chunk(chunk, local={grid: [values[rows] for values in per_layer] for grid, per_layer in local.items()},
-                          global_=[values[rows] for values in global_])
-
-
-def make_store(tmp_path, **overrides) -> FeatureStore:
+def create_store(tmp_path, **overrides) -> FeatureStore:
+    """``FeatureStore.create`` of the test's request at ``tmp_path/store.zarr``, with ``overrides``."""
     arguments = {"image_ids": IDS, "layout": LAYOUT, "provenance": PROVENANCE} | overrides
     return FeatureStore.create(tmp_path / "store.zarr", **arguments)
 
 
 def test_round_trip_equals_inputs_cast_to_float16(tmp_path):
-    store = make_store(tmp_path)
+    store = create_store(tmp_path)
     assert store.pending_chunks() == [0, 1, 2] and not store.is_complete()
-    local, global_ = features(LAYOUT, len(IDS))
-    write_all(store, local, global_)
+    local, global_ = random_features(LAYOUT, len(IDS), dtype=np.float32)
+    write_features(store, local, global_)
     reopened = FeatureStore.open(store.path)
     assert reopened.is_complete()
     assert reopened.image_ids.tolist() == IDS
@@ -64,17 +49,17 @@ def test_round_trip_equals_inputs_cast_to_float16(tmp_path):
 
 def test_float32_layout_keeps_full_precision(tmp_path):
     layout = StoreLayout(layer_names=("a",), n_channels=(4,), grids=(2,), dtype="float32")
-    store = make_store(tmp_path, layout=layout)
-    local, global_ = features(layout, len(IDS))
-    write_all(store, local, global_)
+    store = create_store(tmp_path, layout=layout)
+    local, global_ = random_features(layout, len(IDS), dtype=np.float32)
+    write_features(store, local, global_)
     np.testing.assert_array_equal(store.read(IDS).local[0], local[2][0])
 
 
 def test_xarray_opens_store_with_labelled_dims(tmp_path):
     import xarray  # a test dependency (pyproject [test])
-    store = make_store(tmp_path)
-    local, global_ = features(LAYOUT, len(IDS))
-    write_all(store, local, global_)
+    store = create_store(tmp_path)
+    local, global_ = random_features(LAYOUT, len(IDS), dtype=np.float32)
+    write_features(store, local, global_)
     dataset = xarray.open_zarr(store.path, consolidated=False)
     assert dataset["local_4x4_layer_01"].dims == ("image", "channel_01", "grid4_y", "grid4_x")
     assert dataset["local_2x2_layer_02"].dims == ("image", "channel_02", "grid2_y", "grid2_x")
@@ -86,7 +71,7 @@ def test_xarray_opens_store_with_labelled_dims(tmp_path):
 
 
 def test_provenance_records_caller_dict_layout_and_id_hash(tmp_path):
-    store = make_store(tmp_path)
+    store = create_store(tmp_path)
     assert store.provenance == json.loads(json.dumps(PROVENANCE))
     attrs = zarr.open_group(store.path, mode="r").attrs.asdict()
     record = attrs["bddn_feature_store"]
@@ -96,20 +81,20 @@ def test_provenance_records_caller_dict_layout_and_id_hash(tmp_path):
 
 
 def test_same_request_reopens_and_keeps_finished_chunks(tmp_path):
-    store = make_store(tmp_path)
-    local, global_ = features(LAYOUT, len(IDS))
-    write_all(store, local, global_, chunks=[0])
+    store = create_store(tmp_path)
+    local, global_ = random_features(LAYOUT, len(IDS), dtype=np.float32)
+    write_features(store, local, global_, chunks=[0])
     changed_environment = PROVENANCE | {"environment": {"created_utc": "later"}, "run": {"batch_size": 99}}
-    resumed = make_store(tmp_path, provenance=changed_environment)
+    resumed = create_store(tmp_path, provenance=changed_environment)
     assert resumed.pending_chunks() == [1, 2]
     assert resumed.provenance["environment"] == PROVENANCE["environment"]  # the original record stays
 
 
 def test_different_request_names_each_differing_key(tmp_path):
-    make_store(tmp_path)
+    create_store(tmp_path)
     other = PROVENANCE | {"model": {"model_id": "timm:test", "weights": "sha256-bbb"}}
     with pytest.raises(StoreMismatchError) as caught:
-        make_store(tmp_path, provenance=other, layout=StoreLayout(
+        create_store(tmp_path, provenance=other, layout=StoreLayout(
             layer_names=LAYOUT.layer_names, n_channels=LAYOUT.n_channels, grids=(8,), chunk_images=4))
     message = str(caught.value)
     assert 'provenance.model.weights: stored "sha256-aaa", requested "sha256-bbb"' in message
@@ -118,17 +103,17 @@ def test_different_request_names_each_differing_key(tmp_path):
 
 
 def test_different_image_ids_mismatch_lists_them(tmp_path):
-    make_store(tmp_path)
+    create_store(tmp_path)
     with pytest.raises(StoreMismatchError, match=r"image_ids_sha256.*1 requested not stored.*nsd-00001"):
-        make_store(tmp_path, image_ids=IDS[:-1] + ["nsd-00001"])
+        create_store(tmp_path, image_ids=IDS[:-1] + ["nsd-00001"])
 
 
 def test_overwrite_deletes_and_rebuilds(tmp_path):
-    store = make_store(tmp_path)
-    local, global_ = features(LAYOUT, len(IDS))
-    write_all(store, local, global_)
+    store = create_store(tmp_path)
+    local, global_ = random_features(LAYOUT, len(IDS), dtype=np.float32)
+    write_features(store, local, global_)
     other = PROVENANCE | {"model": {"model_id": "timm:other", "weights": "x"}}
-    rebuilt = make_store(tmp_path, provenance=other, image_ids=IDS[:6], overwrite=True)
+    rebuilt = create_store(tmp_path, provenance=other, image_ids=IDS[:6], overwrite=True)
     assert rebuilt.provenance["model"]["model_id"] == "timm:other"
     assert rebuilt.image_ids.tolist() == IDS[:6] and rebuilt.pending_chunks() == [0, 1]
     assert [entry.name for entry in tmp_path.iterdir()] == ["store.zarr"]
@@ -137,34 +122,34 @@ def test_overwrite_deletes_and_rebuilds(tmp_path):
 
 
 def test_overwrite_interrupted_while_deleting_never_leaves_a_usable_store(tmp_path, monkeypatch):
-    store = make_store(tmp_path)
-    write_all(store, *features(LAYOUT, len(IDS)))
+    store = create_store(tmp_path)
+    write_features(store, *random_features(LAYOUT, len(IDS), dtype=np.float32))
 
     def killed(path, *args, **kwargs):
         raise KeyboardInterrupt("killed during deletion")
 
     monkeypatch.setattr("cache.folder.shutil.rmtree", killed)
     with pytest.raises(KeyboardInterrupt):
-        make_store(tmp_path, overwrite=True)
+        create_store(tmp_path, overwrite=True)
     with pytest.raises(MissingInputError, match="no feature store"):
         FeatureStore.open(store.path)
     monkeypatch.undo()
-    assert make_store(tmp_path).pending_chunks() == [0, 1, 2]
+    assert create_store(tmp_path).pending_chunks() == [0, 1, 2]
 
 
 def test_resume_redoes_a_chunk_whose_record_is_missing(tmp_path):
-    store = make_store(tmp_path)
-    local, global_ = features(LAYOUT, len(IDS))
-    write_all(store, local, global_, chunks=[0, 2])
+    store = create_store(tmp_path)
+    local, global_ = random_features(LAYOUT, len(IDS), dtype=np.float32)
+    write_features(store, local, global_, chunks=[0, 2])
     # a writer killed after chunk 1's data but before its completion record:
     group = zarr.open_group(store.path, mode="r+")
     group["global_layer_00"][4:8] = 123.0
-    resumed = make_store(tmp_path)
+    resumed = create_store(tmp_path)
     assert resumed.pending_chunks() == [1] and not resumed.is_complete()
     with pytest.raises(IncompleteStoreError, match=r"chunks \[1\]"):
         resumed.read(IDS[5:6])
     np.testing.assert_array_equal(resumed.read(IDS[8:]).global_[0], global_[0][8:].astype(np.float16))
-    write_all(resumed, local, global_)
+    write_features(resumed, local, global_)
     assert resumed.is_complete()
     np.testing.assert_array_equal(resumed.read(IDS).global_[0], global_[0].astype(np.float16))
 
@@ -174,18 +159,18 @@ def test_interrupted_creation_is_rebuilt_not_opened(tmp_path):
     zarr.open_group(path, mode="w", attributes={"bddn_feature_store": {"state": "initialising"}})
     with pytest.raises(MissingInputError, match="never fully created"):
         FeatureStore.open(path)
-    assert make_store(tmp_path).pending_chunks() == [0, 1, 2]
+    assert create_store(tmp_path).pending_chunks() == [0, 1, 2]
 
 
 def test_blocks_share_no_zarr_chunk_and_write_concurrently(tmp_path):
-    store = make_store(tmp_path)
+    store = create_store(tmp_path)
     group = zarr.open_group(store.path, mode="r")
     for name, array in group.arrays():
         expected = (1,) if name == "chunk_done" else (store.chunk_images, *array.shape[1:])
         assert array.chunks == expected, name
-    local, global_ = features(LAYOUT, len(IDS))
+    local, global_ = random_features(LAYOUT, len(IDS), dtype=np.float32)
     with ThreadPoolExecutor(3) as pool:
-        list(pool.map(lambda chunk: write_all(pickle.loads(pickle.dumps(store)), local, global_, [chunk]), [2, 0, 1]))
+        list(pool.map(lambda chunk: write_features(pickle.loads(pickle.dumps(store)), local, global_, [chunk]), [2, 0, 1]))
     assert store.is_complete()
     np.testing.assert_array_equal(store.read(IDS).local[1], local[4][1].astype(np.float16))
 
@@ -202,7 +187,7 @@ def test_default_chunk_images_targets_largest_array_chunk():
 
 
 def test_pickled_store_reopens_by_path(tmp_path):
-    store = make_store(tmp_path)
+    store = create_store(tmp_path)
     clone = pickle.loads(pickle.dumps(store))
     assert clone.path == store.path and clone.image_ids.tolist() == IDS
 
@@ -225,12 +210,12 @@ def test_bad_layout_is_refused(kwargs, match):
 @pytest.mark.parametrize("ids, match", [([], "at least one"), (["a", "b", "a"], "unique.*'a'"), (["a", ""], "non-empty")])
 def test_bad_image_ids_are_refused(tmp_path, ids, match):
     with pytest.raises(InvalidInputError, match=match):
-        make_store(tmp_path, image_ids=ids)
+        create_store(tmp_path, image_ids=ids)
 
 
 def test_provenance_must_be_json(tmp_path):
     with pytest.raises(InvalidInputError, match="plain JSON"):
-        make_store(tmp_path, provenance={"model": object()})
+        create_store(tmp_path, provenance={"model": object()})
 
 
 def test_open_missing_path_and_non_store(tmp_path):
@@ -250,12 +235,12 @@ def test_create_never_deletes_a_folder_that_is_not_a_store(tmp_path):
     folder.mkdir()
     (folder / "precious.txt").write_text("keep")
     with pytest.raises(InvalidInputError, match="not a feature store"):
-        make_store(tmp_path, overwrite=True)
+        create_store(tmp_path, overwrite=True)
     assert (folder / "precious.txt").read_text() == "keep"
 
 
 def test_unknown_format_version_is_refused(tmp_path):
-    store = make_store(tmp_path)
+    store = create_store(tmp_path)
     group = zarr.open_group(store.path, mode="r+")
     group.attrs["bddn_feature_store"] = group.attrs["bddn_feature_store"] | {"format_version": 99}
     with pytest.raises(InvalidInputError, match="format version 99"):
@@ -263,8 +248,8 @@ def test_unknown_format_version_is_refused(tmp_path):
 
 
 def test_bad_writes_are_refused_and_leave_chunk_pending(tmp_path):
-    store = make_store(tmp_path)
-    local, global_ = features(LAYOUT, 4)
+    store = create_store(tmp_path)
+    local, global_ = random_features(LAYOUT, 4, dtype=np.float32)
     with pytest.raises(InvalidInputError, match=r"shape \(4, 5, 4, 4\)"):
         store.write_chunk(0, local={4: [local[4][0], local[4][0], local[4][2]], 2: local[2]}, global_=global_)
     with pytest.raises(InvalidInputError, match="grids"):

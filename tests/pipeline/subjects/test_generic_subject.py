@@ -11,33 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from cache.errors import InvalidInputError, MissingInputError
 from pipeline.subjects import load_subject, read_generic
-
-N_FS = 163_842
-VERTICES = np.array([12, 3, 400, N_FS + 7, N_FS + 9000])
-
-
-def write_generic(folder: Path, *, n_images: int = 10, fmt: str = "npy", vertex_fmt: str = "npy") -> np.ndarray:
-    rng = np.random.default_rng(1)
-    (folder / "images").mkdir(parents=True)
-    for i in range(n_images):
-        Image.fromarray(rng.integers(0, 255, (18, 18, 3), dtype=np.uint8)).save(folder / "images" / f"img{i:02d}.png")
-    responses = rng.standard_normal((n_images, VERTICES.size)).astype(np.float32)
-    if fmt == "npy":
-        np.save(folder / "responses.npy", responses)
-    else:
-        table = pa.table({f"v{c}": responses[:, i] for i, c in enumerate(VERTICES)})
-        pq.write_table(table, folder / "responses.parquet")
-    if vertex_fmt == "npy":
-        np.save(folder / "vertices.npy", VERTICES)
-    else:
-        (folder / "vertices.txt").write_text("\n".join(map(str, VERTICES)) + "\n")
-    (folder / "rois.json").write_text(json.dumps({"V1": [12, 3, N_FS + 7, 99], "FFA": [400]}))
-    np.save(folder / "noise_ceiling.npy", np.linspace(0.1, 0.5, VERTICES.size))
-    return responses
+from subject_folders import GENERIC_VERTICES as VERTICES, N_FS, write_generic
 
 
 @pytest.mark.parametrize("fmt, vertex_fmt", [("npy", "npy"), ("parquet", "txt")])

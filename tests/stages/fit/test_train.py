@@ -13,21 +13,12 @@ from cache.errors import IncompleteStoreError, InvalidInputError, StoreMismatchE
 from stages.fit import train as train_module
 from stages.fit.config import FitConfig
 from stages.fit.outputs import METRICS_FILE
-from stages.fit.result import FitResult, REQUIRED_COLUMNS, WEIGHTS_FILE
+from stages.fit.result import FitResult, REQUIRED_COLUMNS
+from stages.fit.weights_file import WEIGHTS_FILE
 from stages.fit.train import fit_factortopy, standardise
-from train_fixtures import make_store, make_subject
+from train_stubs import forbid_training
 
 FAST = dict(epochs=2, batch_size=16, warm_start="none", eval_batch_size=32)
-
-
-@pytest.fixture()
-def store(tmp_path):
-    return make_store(tmp_path / "features.zarr", n_images=64)
-
-
-@pytest.fixture()
-def subject(store):
-    return make_subject(store, n_vertices=6)[0]
 
 
 def _replace(subject, **changes):
@@ -35,14 +26,8 @@ def _replace(subject, **changes):
     return replace(subject, **changes)
 
 
-def _never_trains(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("training started despite bad input")
-    monkeypatch.setattr(train_module, "FactorTopy", fail)
-
-
 def test_store_lacking_images_names_them(store, subject, monkeypatch):
-    _never_trains(monkeypatch)
+    forbid_training(monkeypatch)
     ids = subject.stimulus_ids.copy()
     ids[3] = "nsd-99999"
     with pytest.raises(IncompleteStoreError, match="nsd-99999"):
@@ -51,14 +36,14 @@ def test_store_lacking_images_names_them(store, subject, monkeypatch):
 
 
 def test_layers_absent_from_store(store, subject, monkeypatch):
-    _never_trains(monkeypatch)
+    forbid_training(monkeypatch)
     with pytest.raises(StoreMismatchError, match="block9"):
         fit_factortopy(store, subject, FitConfig(**FAST, layers=("block0", "block9")), checkpoint_dir=None,
                        progress=False)
 
 
 def test_nan_responses(store, subject, monkeypatch):
-    _never_trains(monkeypatch)
+    forbid_training(monkeypatch)
     responses = subject.responses.copy()
     responses[5, 2] = np.nan
     with pytest.raises(InvalidInputError, match="NaN"):
@@ -67,7 +52,7 @@ def test_nan_responses(store, subject, monkeypatch):
 
 
 def test_too_few_images_for_the_split(store, subject, monkeypatch):
-    _never_trains(monkeypatch)
+    forbid_training(monkeypatch)
     splits = dict(subject.splits, train=subject.splits["train"][:4])
     with pytest.raises(InvalidInputError, match="train split has 4 images"):
         fit_factortopy(store, _replace(subject, splits=splits), FitConfig(**FAST), checkpoint_dir=None,
@@ -153,9 +138,9 @@ def test_saved_fit_is_complete(fitted):
 
 
 @pytest.mark.slow
-def test_learns_the_planted_signal(tmp_path):
-    store = make_store(tmp_path / "big.zarr", n_images=160, channels=(6, 6))
-    subject, _ = make_subject(store, n_vertices=4, noise=0.1, n_val=24, n_test=24, token="global")
+@pytest.mark.store(n_images=160, channels=(6, 6))
+def test_learns_the_planted_signal(store, make_subject):
+    subject, _ = make_subject(n_vertices=4, noise=0.1, n_val=24, n_test=24, token="global")
     cfg = FitConfig(epochs=12, batch_size=8, warm_start="none", lr=1e-2, selector_lr=1e-7, patience=12)
     result = fit_factortopy(store, subject, cfg, checkpoint_dir=None, progress=False)
     assert result.metrics["mean_r2_test"] > 0.05

@@ -8,12 +8,8 @@ import torch
 
 from stages.fit import streaming
 from stages.fit.streaming import ResidentFeatures, StreamedFeatures, open_features
-from train_fixtures import make_store
 
-
-@pytest.fixture()
-def store(tmp_path):
-    return make_store(tmp_path / "features.zarr", n_images=70, chunk_images=16)
+pytestmark = pytest.mark.store(n_images=70, chunk_images=16)  # a short last chunk
 
 
 def _source(store, cls, **kwargs):
@@ -106,7 +102,7 @@ def test_feature_bytes_counts_local_and_global(store):
 
 
 @pytest.mark.slow
-def test_streaming_host_memory_stays_bounded(tmp_path):
+def test_streaming_host_memory_stays_bounded(make_store):
     """Host memory does not grow with the number of streamed images.
 
     After a warm-up pass over a 500-image store (imports, thread pools, allocator arenas),
@@ -123,8 +119,8 @@ def test_streaming_host_memory_stays_bounded(tmp_path):
                                   device=torch.device("cpu"), shuffle_buffer=256, prefetch=2)
         return sum(len(b.positions) for b in source.batches(batch_size=32, shuffle=True))
 
-    small = make_store(tmp_path / "small.zarr", n_images=500, channels=(256,), chunk_images=100)
-    large = make_store(tmp_path / "large.zarr", n_images=4000, channels=(256,), chunk_images=100)
+    small = make_store(n_images=500, channels=(256,), chunk_images=100)
+    large = make_store(n_images=4000, channels=(256,), chunk_images=100)
     stream(small)
     total = streaming.feature_bytes(large, large.n_images, layer_indices=[0], grid=8)
     process = psutil.Process()

@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from builders import REPO_ROOT
 from cache.errors import ConfigError, StoreMismatchError
 from stages.fit.checkpoint import CHECKPOINT_JSON
 from stages.fit.config import FitConfig
 from stages.fit.train import fit_factortopy
-from train_fixtures import Killed, interrupt_after_first_checkpoint, make_store, make_subject
+from train_stubs import Killed, interrupt_after_first_checkpoint
 
 CFG = FitConfig(epochs=2, batch_size=16, warm_start="none", eval_batch_size=32, resident="off", shuffle_buffer=24)
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture()
-def inputs(tmp_path):
-    store = make_store(tmp_path / "features.zarr", n_images=64)
-    return store, make_subject(store, n_vertices=6)[0]
 
 
 def _assert_same(a, b):
@@ -35,8 +29,7 @@ def _assert_same(a, b):
     np.testing.assert_array_equal(a.vertices["r2_test"], b.vertices["r2_test"])
 
 
-def test_resume_after_interruption_equals_uninterrupted(inputs, tmp_path, monkeypatch):
-    store, subject = inputs
+def test_resume_after_interruption_equals_uninterrupted(store, subject, tmp_path, monkeypatch):
     straight = fit_factortopy(store, subject, CFG, checkpoint_dir=tmp_path / "straight", progress=False)
     with monkeypatch.context() as patch:
         interrupt_after_first_checkpoint(patch)
@@ -48,8 +41,7 @@ def test_resume_after_interruption_equals_uninterrupted(inputs, tmp_path, monkey
     assert [row["epoch"] for row in resumed.history] == [1, 2]
 
 
-def test_resume_refuses_other_layers_or_config(inputs, tmp_path, monkeypatch):
-    store, subject = inputs
+def test_resume_refuses_other_layers_or_config(store, subject, tmp_path, monkeypatch):
     with monkeypatch.context() as patch:
         interrupt_after_first_checkpoint(patch)
         with pytest.raises(Killed):
@@ -66,16 +58,17 @@ def test_resume_refuses_other_layers_or_config(inputs, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill(inputs, tmp_path):
-    store, subject = inputs
+def test_resume_after_sigkill(store, subject, tmp_path):
     straight = fit_factortopy(store, subject, CFG, checkpoint_dir=None, progress=False)
+    inputs = tmp_path / "inputs.pickle"
+    inputs.write_bytes(pickle.dumps((subject, CFG)))
     script = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        import os, pickle, signal, sys
+        sys.path[:0] = [{str(REPO_ROOT)!r}]
+        import torch
+        torch.set_num_threads({torch.get_num_threads()})  # the same reductions as this process: bit-identical
         from cache.store import FeatureStore
         from stages.fit import train as train_module
-        from train_fixtures import make_subject
-        from test_train_resume import CFG
         real = train_module.save_checkpoint
         def save_then_kill(directory, **kwargs):
             real(directory, **kwargs)
@@ -83,8 +76,9 @@ def test_resume_after_sigkill(inputs, tmp_path):
                 os.kill(os.getpid(), signal.SIGKILL)
         train_module.save_checkpoint = save_then_kill
         store = FeatureStore.open({str(store.path)!r})
-        subject = make_subject(store, n_vertices=6)[0]
-        train_module.fit_factortopy(store, subject, CFG, checkpoint_dir={str(tmp_path / 'ck')!r}, progress=False)
+        with open({str(inputs)!r}, "rb") as handle:
+            subject, cfg = pickle.load(handle)
+        train_module.fit_factortopy(store, subject, cfg, checkpoint_dir={str(tmp_path / 'ck')!r}, progress=False)
     """)
     process = subprocess.run([sys.executable, "-c", script], env={**os.environ}, capture_output=True, text=True)
     assert process.returncode == -9, process.stderr

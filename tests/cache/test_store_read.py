@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from builders import random_features, write_features
 from cache.batches import BlockReader, plan_blocks
 from cache.errors import IncompleteStoreError, InvalidInputError
 from cache.store import FeatureStore, StoreLayout
@@ -16,16 +17,10 @@ IDS = [f"nsd-{index:05d}" for index in range(23)]  # 5 blocks, the last holding 
 @pytest.fixture(scope="module")
 def filled(tmp_path_factory):
     """A complete store and the float16 arrays it should return, per grid."""
-    rng = np.random.default_rng(7)
     store = FeatureStore.create(tmp_path_factory.mktemp("read") / "s.zarr", image_ids=IDS, layout=LAYOUT,
                                 provenance={"model": "m"})
-    local = {grid: [rng.normal(size=(len(IDS), width, grid, grid)) for width in LAYOUT.n_channels]
-             for grid in LAYOUT.grids}
-    global_ = [rng.normal(size=(len(IDS), width)) for width in LAYOUT.n_channels]
-    for chunk in range(store.n_chunks):
-        rows = store.chunk_rows(chunk)
-        store.write_chunk(chunk, local={g: [v[rows] for v in per] for g, per in local.items()},
-                          global_=[v[rows] for v in global_])
+    local, global_ = random_features(LAYOUT, len(IDS), seed=7)
+    write_features(store, local, global_)
     expect = {grid: [v.astype(np.float16) for v in per] for grid, per in local.items()}
     return store, expect, [v.astype(np.float16) for v in global_]
 
@@ -127,11 +122,7 @@ def test_missing_ids_error_names_them_and_counts(filled):
 
 def test_pending_chunks_refuse_reads(tmp_path):
     store = FeatureStore.create(tmp_path / "p.zarr", image_ids=IDS, layout=LAYOUT, provenance={})
-    rng = np.random.default_rng(0)
-    rows = store.chunk_rows(1)
-    n = rows.stop - rows.start
-    store.write_chunk(1, local={g: [rng.normal(size=(n, w, g, g)) for w in LAYOUT.n_channels] for g in LAYOUT.grids},
-                      global_=[rng.normal(size=(n, w)) for w in LAYOUT.n_channels])
+    write_features(store, *random_features(LAYOUT, len(IDS)), chunks=[1])
     assert len(store.read(IDS[5:10])) == 5
     with pytest.raises(IncompleteStoreError, match=r"3 chunk\(s\).*\[0, 2, 4\].*resume"):
         store.read(IDS[:3] + IDS[5:7] + IDS[12:13] + IDS[22:])

@@ -9,40 +9,27 @@ import pytest
 import torch
 
 from cache.errors import IncompleteStoreError, InvalidInputError, StoreMismatchError
-from stages.fit import train as train_module
 from stages.fit.checkpoint import CHECKPOINT_JSON
 from stages.fit.config import FitConfig
 from stages.fit.factortopy import FactorTopy, FactorTopyConfig
 from stages.fit.multisubject import JOINT_METHOD, check_shared_positions, fit_factortopy_multi
 from stages.fit.train import fit_factortopy, interleaved_batches
 from stages.fit.warmstart import fit_selectors
-from train_fixtures import Killed, interrupt_after_first_checkpoint, make_store, make_subject
+from train_stubs import Killed, forbid_training, interrupt_after_first_checkpoint
 
 FAST = dict(epochs=2, batch_size=16, eval_batch_size=32)
 
 
 @pytest.fixture()
-def store(tmp_path):
-    return make_store(tmp_path / "features.zarr", n_images=64)
-
-
-@pytest.fixture()
-def subjects(store):
-    first, _ = make_subject(store, n_vertices=6, seed=1)
-    second, _ = make_subject(store, n_vertices=6, seed=2)
+def subjects(subject, make_subject):
+    second, _ = make_subject(seed=2)
     # the same vertices (coordinates) as the first subject, other responses and another split
-    return first, replace(second, name="subj02", sphere_coords=first.sphere_coords)
+    return subject, replace(second, name="subj02", sphere_coords=subject.sphere_coords)
 
 
 @pytest.fixture()
 def joint(store, subjects):
     return fit_factortopy_multi(store, subjects, FitConfig(**FAST), checkpoint_dir=None, progress=False)
-
-
-def _never_trains(monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("training started despite bad input")
-    monkeypatch.setattr(train_module, "FactorTopy", fail)
 
 
 def test_one_result_per_subject_with_shared_selectors(joint, subjects):
@@ -90,7 +77,7 @@ def test_same_seed_same_fit(store, subjects):
 
 
 def test_single_or_repeated_subjects_are_refused(store, subjects, monkeypatch):
-    _never_trains(monkeypatch)
+    forbid_training(monkeypatch)
     with pytest.raises(InvalidInputError, match="at least two subjects"):
         fit_factortopy_multi(store, subjects[:1], FitConfig(**FAST), checkpoint_dir=None, progress=False)
     with pytest.raises(InvalidInputError, match="more than once"):
@@ -100,18 +87,18 @@ def test_single_or_repeated_subjects_are_refused(store, subjects, monkeypatch):
         fit_factortopy_multi([store] * 3, subjects, FitConfig(**FAST), checkpoint_dir=None, progress=False)
 
 
-def test_stores_of_other_layers_are_refused(store, subjects, tmp_path, monkeypatch):
-    _never_trains(monkeypatch)
-    other = make_store(tmp_path / "other.zarr", n_images=64, channels=(4, 6))
+def test_stores_of_other_layers_are_refused(store, subjects, make_store, monkeypatch):
+    forbid_training(monkeypatch)
+    other = make_store(channels=(4, 6))
     with pytest.raises(StoreMismatchError, match="differ in layers"):
         fit_factortopy_multi([store, other], subjects, FitConfig(**FAST), checkpoint_dir=None, progress=False)
-    wider = make_store(tmp_path / "wider.zarr", n_images=64, channels=(4, 6, 16))
+    wider = make_store(channels=(4, 6, 16))
     with pytest.raises(StoreMismatchError, match="channel widths"):
         fit_factortopy_multi([store, wider], subjects, FitConfig(**FAST), checkpoint_dir=None, progress=False)
 
 
 def test_subject_with_images_missing_from_the_store(store, subjects, monkeypatch):
-    _never_trains(monkeypatch)
+    forbid_training(monkeypatch)
     ids = subjects[1].stimulus_ids.copy()
     ids[3] = "nsd-99999"
     with pytest.raises(IncompleteStoreError, match="subject subj02: .*nsd-99999"):
@@ -183,7 +170,7 @@ def test_subjects_placing_a_vertex_apart_are_refused_until_given_one_offset(stor
     own = [replace(subject, hemisphere=hemisphere, fsaverage_index=index,
                    sphere_coords=sphere_coordinates(hemisphere, index))
            for subject, index in zip(subjects, vertex_sets)]
-    _never_trains(monkeypatch)
+    forbid_training(monkeypatch)
     with pytest.raises(InvalidInputError, match=r"subj02: fsaverage vertex \d+ \(rh\) sits .*shared_sphere_coordinates"):
         fit_factortopy_multi(store, own, FitConfig(**FAST), checkpoint_dir=None, progress=False)
     shared = shared_sphere_coordinates(own)

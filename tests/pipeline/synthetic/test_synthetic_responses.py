@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from builders import SYNTHETIC_FEATURES, random_store
 from pipeline.synthetic.config import SyntheticConfig
 from pipeline.synthetic.geometry import build_region
 from pipeline.synthetic.planting import plant_maps
 from pipeline.synthetic.responses import channel_statistics, draw_repeats, generate_signal, pooling_weights
-from synthetic_store import CHANNELS, random_store
 
 
-def _maps(vertices: int, seed: int = 0, n_layers: int = len(CHANNELS)):
+def _maps(vertices: int, seed: int = 0, n_layers: int = len(SYNTHETIC_FEATURES["channels"])):
     cfg = SyntheticConfig(vertices_per_hemisphere=vertices, n_readouts=4)
     geometry = build_region(cfg, np.random.default_rng(seed))
     return cfg, plant_maps(geometry, n_layers=n_layers, cfg=cfg, rng=np.random.default_rng(seed + 100))
@@ -53,7 +53,7 @@ def _plain_signal(store, maps, *, n_readouts: int, nonlinearity: float, seed: in
 
 @pytest.fixture(scope="module")
 def small_store(tmp_path_factory: pytest.TempPathFactory):
-    return random_store(tmp_path_factory.mktemp("store") / "small.zarr", n_images=150)
+    return random_store(tmp_path_factory.mktemp("store") / "small.zarr", n_images=150, **SYNTHETIC_FEATURES)
 
 
 def test_signal_matches_a_plain_implementation(small_store) -> None:
@@ -112,7 +112,8 @@ def test_pooling_windows_follow_grid_sample_geometry() -> None:
 @pytest.fixture(scope="module")
 def reliable(tmp_path_factory: pytest.TempPathFactory):
     """Signal of 300 vertices to 1600 images, from a store with a 4x4 grid."""
-    store = random_store(tmp_path_factory.mktemp("store") / "large.zarr", n_images=1600, grid=4)
+    store = random_store(tmp_path_factory.mktemp("store") / "large.zarr", n_images=1600, grid=4,
+                         **SYNTHETIC_FEATURES)
     cfg, maps = _maps(150)
     signal = generate_signal(store, store.image_ids, maps, n_readouts=cfg.n_readouts, nonlinearity=1.0,
                              batch_size=400, rng=np.random.default_rng(2))
