@@ -40,6 +40,4 @@ def to_json_data(value: Any, *, allow_nan: bool = True) -> Any:
         TypeError: a value of a type JSON cannot hold.
         ValueError: NaN or infinity with ``allow_nan=False``, or a circular reference.
     """
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
     return json.loads(json.dumps(value, allow_nan=allow_nan, default=json_default))

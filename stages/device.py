@@ -71,8 +71,8 @@ def resolve_precision(precision: str, device: torch.device, *, cpu_autocast: boo
 
 
 def precision_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a resolved precision; ``None`` for fp32 (no autocast)."""
-    return _AUTOCAST_DTYPES.get(parse_precision(precision))
+    """The autocast dtype of a precision from :func:`resolve_precision`; ``None`` for fp32 (no autocast)."""
+    return _AUTOCAST_DTYPES.get(precision)
 
 
 def autocast_context(device: torch.device, precision: str) -> Any:

@@ -35,9 +35,9 @@ from cache.provenance import environment_record, hash_strings
 from cache.store import FeatureStore, StoreLayout
 from stages.device import Precision, autocast_context, parse_precision, resolve_device, resolve_precision
 from stages.features.image_source import ImageSource
+from stages.features.token_grids import tokens_to_numpy
 from stages.models.base import FeatureModel
 from stages.models.preprocess import image_to_tensor
-from stages.features.token_grids import tokens_to_numpy
 
 #: How a store's provenance names the precision its features were computed in (``compute.autocast``): fp32 has
 #: always been recorded as "off", so stores built before the one precision vocabulary still match.
