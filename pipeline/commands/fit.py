@@ -22,6 +22,7 @@ from stages.fit.multisubject import fit_factortopy_multi
 from stages.fit.ridge import RidgeConfig, fit_ridge
 from stages.fit.result import FIT_JSON, FitResult
 from stages.fit.train import fit_factortopy
+from stages.resources import PhaseMonitor
 from stages.subject import Subject
 
 NAME = "fit"
@@ -112,20 +113,22 @@ def run(args: argparse.Namespace) -> int:
         raise MissingInputError(f"--data {args.data} needs --root: the folder holding the subject data")
     if args.subjects is not None:
         return run_joint(args, cfg, run_root, data_root)
-    subject = _load_subject(args, args.subject or DEFAULT_SUBJECT, data_root)
-    store = _open_store(args, run_root)
-    out = runroot.fit_dir(run_root, args.model, subject.name, args.method)
-    (out / FIT_JSON).unlink(missing_ok=True)
-    started = time.perf_counter()
-    if isinstance(cfg, FitConfig):
-        checkpoint = _checkpoint_folder(out, restart=args.restart)
-        result = fit_factortopy(store, subject, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
-                                neighbours=_neighbours(cfg, subject))
-        result.save(out)
-        shutil.rmtree(checkpoint, ignore_errors=True)
-    else:
-        result = fit_ridge(store, subject, cfg)
-        result.save(out)
+    with PhaseMonitor() as monitor:
+        with monitor.phase("read_subject"):
+            subject = _load_subject(args, args.subject or DEFAULT_SUBJECT, data_root)
+        store = _open_store(args, run_root)
+        out = runroot.fit_dir(run_root, args.model, subject.name, args.method)
+        (out / FIT_JSON).unlink(missing_ok=True)
+        started = time.perf_counter()
+        if isinstance(cfg, FitConfig):
+            checkpoint = _checkpoint_folder(out, restart=args.restart)
+            result = fit_factortopy(store, subject, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
+                                    neighbours=_neighbours(cfg, subject), monitor=monitor)
+            result.save(out)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+        else:
+            result = fit_ridge(store, subject, cfg)
+            result.save(out)
     _print_done(result, args.model, out, time.perf_counter() - started)
     return 0
 

@@ -150,26 +150,6 @@ def fit_ridge(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> FitRes
                 device=resolve_device(cfg.device))
 
 
-def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], grid: int,
-                 device: torch.device, settings: RidgeConfig = RidgeConfig()) -> np.ndarray:
-    """Leave-one-out R^2 on the training images of a ridge per layer (best feature set), per vertex.
-
-    The evidence for a warm start of FactorTopy's layer selector; it touches neither the
-    validation nor the test images, and takes the fit's checked inputs as they are.
-
-    Args:
-        layer_indices: store indices of the layers to score.
-        grid: the stored local grid to read.
-        device: where the solver runs.
-        settings: solver settings (alphas, feature sets, pooling); its method, layers, grid and device are not used.
-
-    Returns:
-        float32 array of shape (n_vertices, n_layers).
-    """
-    result = _fit(store, subject, settings, method="ridge", layer_indices=layer_indices, grid=grid, device=device)
-    return np.stack([result.vertices[f"cv_r2_layer_{layer:02d}"] for layer in range(len(result.layer_names))], axis=1)
-
-
 def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, method: str, layer_indices: Sequence[int],
          grid: int, device: torch.device) -> FitResult:
     """``method`` fitted on checked inputs: the store ``layer_indices`` at ``grid``, solved on ``device``."""

@@ -28,6 +28,9 @@ from cache.store import FeatureStore
 
 #: Fraction of free device (or host) memory resident mode may take in automatic mode.
 RESIDENT_MEMORY_FRACTION = 0.4
+#: Most bytes of features the shuffle buffer holds (its rows are capped to fit; the buffer's
+#: concatenation and batch cuts hold up to about three times this at once).
+SHUFFLE_BUFFER_BYTES = 512 * 2**20
 
 
 @dataclass
@@ -76,13 +79,16 @@ def feature_bytes(store: FeatureStore, n_images: int, *, layer_indices: Sequence
     return int(n_images * channels * (grid * grid + 1) * itemsize)
 
 
+def free_memory(device: torch.device) -> int:
+    """Free bytes on ``device``: the GPU's free memory, or the host's available memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(psutil.virtual_memory().available)
+
+
 def resident_fits(n_bytes: int, device: torch.device) -> bool:
     """Whether ``n_bytes`` of features fit comfortably in the device's free memory."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        free = psutil.virtual_memory().available
-    return n_bytes <= RESIDENT_MEMORY_FRACTION * free
+    return n_bytes <= RESIDENT_MEMORY_FRACTION * free_memory(device)
 
 
 class _FeatureSourceBase:
@@ -141,9 +147,11 @@ class StreamedFeatures(_FeatureSourceBase):
                  scales: Sequence[tuple[float, float]] | None = None) -> None:
         super().__init__(store, image_ids, targets, layer_indices=layer_indices, grid=grid, device=device,
                          scales=scales)
-        self.shuffle_buffer = max(int(shuffle_buffer), 1)
+        per_image = feature_bytes(store, 1, layer_indices=layer_indices, grid=grid)
+        self.shuffle_buffer = max(min(int(shuffle_buffer), SHUFFLE_BUFFER_BYTES // per_image), 1)
         self.prefetch = max(int(prefetch), 1)
         self.groups = self._chunk_groups()
+        self.choice = f"streamed, shuffle buffer {self.shuffle_buffer} images ({self.shuffle_buffer * per_image / 1e9:.2f} GB)"
 
     def batches(self, *, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0) -> Iterator[Batch]:
         """Yield batches covering every image once; shuffled by ``(seed, epoch)`` when asked."""
@@ -220,6 +228,7 @@ class ResidentFeatures(_FeatureSourceBase):
         self.local = [torch.cat(parts)[inverse] for parts in local]
         self.global_ = [torch.cat(parts)[inverse] for parts in global_]
         self.target_tensor = torch.from_numpy(self.targets).to(device)
+        self.choice = "resident"
 
     def batches(self, *, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0) -> Iterator[Batch]:
         """Yield batches covering every image once; shuffled by ``(seed, epoch)`` when asked."""
@@ -239,15 +248,23 @@ def open_features(store: FeatureStore, image_ids: Sequence[str], targets: np.nda
     """The resident source when forced (``"on"``) or when it fits (``"auto"``), else the streamed one.
 
     ``scales``: optional per-layer (local, global) factors applied to the features as read.
+    The source's ``choice`` says which it is and, in automatic mode, why.
     """
+    reason = f"--resident {resident}"
     if resident == "auto":
         needed = feature_bytes(store, len(image_ids), layer_indices=layer_indices, grid=grid)
-        resident = "on" if resident_fits(needed, device) else "off"
+        fits = resident_fits(needed, device)
+        resident = "on" if fits else "off"
+        reason = (f"auto: {needed / 1e9:.2f} GB of features {'fit' if fits else 'exceed'} "
+                  f"{RESIDENT_MEMORY_FRACTION:.0%} of the {free_memory(device) / 1e9:.1f} GB free on {device.type}")
     if resident == "on":
-        return ResidentFeatures(store, image_ids, targets, layer_indices=layer_indices, grid=grid, device=device,
-                                scales=scales)
-    return StreamedFeatures(store, image_ids, targets, layer_indices=layer_indices, grid=grid, device=device,
-                            shuffle_buffer=shuffle_buffer, prefetch=prefetch, scales=scales)
+        source = ResidentFeatures(store, image_ids, targets, layer_indices=layer_indices, grid=grid, device=device,
+                                  scales=scales)
+    else:
+        source = StreamedFeatures(store, image_ids, targets, layer_indices=layer_indices, grid=grid, device=device,
+                                  shuffle_buffer=shuffle_buffer, prefetch=prefetch, scales=scales)
+    source.choice = f"{source.choice} ({reason})"
+    return source
 
 
 def feature_scales(store: FeatureStore, image_ids: Sequence[str], *, layer_indices: Sequence[int], grid: int,

@@ -34,12 +34,14 @@ from stages.fit.checkpoint import TrainState, has_checkpoint, restore_checkpoint
 from stages.fit.config import FitConfig
 from stages.fit.factortopy import FactorTopy
 from stages.fit.inputs import check_inputs, check_stores
+from stages.fit.layer_scores import ROW_BLOCK, ResponseMoments
 from stages.fit.metrics import r2_score
 from stages.fit.objective import prior_weight, regression_loss, smoothness_penalty
 from stages.fit.outputs import TrainedFit, build_fit_result
 from stages.fit.result import FitResult
 from stages.fit.streaming import Batch, feature_scales, open_features
 from stages.fit.warmstart import warm_start
+from stages.resources import PhaseMonitor
 from stages.subject import Subject
 
 #: Config keys that may change between a fit and its resumption (they do not change the result).
@@ -60,6 +62,14 @@ class Standardisation:
     def apply(self, responses: np.ndarray) -> np.ndarray:
         """Responses of shape (n_images, n_vertices) in training z-units."""
         return ((responses - self.mean) / self.std).astype(np.float32)
+
+    def apply_rows(self, responses: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``apply(responses[rows])``, filled ``ROW_BLOCK`` rows at a time (one float32 copy, no temporaries
+        of the whole selection)."""
+        out = np.empty((len(rows), responses.shape[1]), dtype=np.float32)
+        for start in range(0, len(rows), ROW_BLOCK):
+            out[start:start + ROW_BLOCK] = self.apply(responses[rows[start:start + ROW_BLOCK]])
+        return out
 
 
 @dataclass
@@ -113,7 +123,8 @@ class TrainedModel:
 
 
 def fit_factortopy(store: FeatureStore, subject: Subject, cfg: FitConfig, *, checkpoint_dir: Path | None,
-                   progress: bool = True, neighbours: np.ndarray | None = None) -> FitResult:
+                   progress: bool = True, neighbours: np.ndarray | None = None,
+                   monitor: PhaseMonitor | None = None) -> FitResult:
     """Fit FactorTopy to ``subject`` from ``store``'s features.
 
     Args:
@@ -125,17 +136,19 @@ def fit_factortopy(store: FeatureStore, subject: Subject, cfg: FitConfig, *, che
         progress: show a progress bar.
         neighbours: int64 array of shape (n_edges, 2) of neighbouring vertex pairs, for
             ``cfg.smoothness_weight``.
+        monitor: records each phase's seconds and peak host memory (a new one when None).
 
     Returns:
         the fit's per-vertex selections and validation/test scores, with config and provenance.
     """
     return train_factortopy([store], [subject], cfg, checkpoint_dir=checkpoint_dir, progress=progress,
-                            neighbours=[neighbours]).result(0)
+                            neighbours=[neighbours], monitor=monitor).result(0)
 
 
 def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject], cfg: FitConfig, *,
                      checkpoint_dir: Path | None, progress: bool = True,
-                     neighbours: Sequence[np.ndarray | None] | None = None) -> TrainedModel:
+                     neighbours: Sequence[np.ndarray | None] | None = None,
+                     monitor: PhaseMonitor | None = None) -> TrainedModel:
     """Train one FactorTopy model on ``subjects``: shared bottlenecks and selectors, one read-out each.
 
     Args:
@@ -146,10 +159,16 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
         progress: show a progress bar.
         neighbours: per subject, int64 array of shape (n_edges, 2) of neighbouring vertex
             pairs for ``cfg.smoothness_weight``, or None.
+        monitor: an open :class:`~stages.resources.PhaseMonitor` of the caller's run, or None for
+            one of this run's own; its record (seconds and peak RSS per phase) goes in the summary.
 
     Returns:
         the trained model with each subject's standardisation and held-out predictions.
     """
+    if monitor is None:
+        with PhaseMonitor() as own:
+            return train_factortopy(stores, subjects, cfg, checkpoint_dir=checkpoint_dir, progress=progress,
+                                    neighbours=neighbours, monitor=own)
     neighbours = [None] * len(subjects) if neighbours is None else list(neighbours)
     if not subjects or not len(stores) == len(subjects) == len(neighbours):
         raise InvalidInputError(f"training needs >= 1 subject and one store and one neighbour set per subject; got "
@@ -159,10 +178,11 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
                                   neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)][0]
     layer_names = tuple(stores[0].layer_names[i] for i in layer_indices)
     device = resolve_device(cfg.device)
-    scales = shared_feature_scales(stores, subjects, layer_indices=layer_indices, grid=cfg.grid) \
-        if cfg.normalise_layers else None
-    parts = [prepare_subject(store, subject, cfg, layer_indices=layer_indices, device=device, scales=scales,
-                             neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)]
+    with monitor.phase("prepare"):
+        scales = shared_feature_scales(stores, subjects, layer_indices=layer_indices, grid=cfg.grid) \
+            if cfg.normalise_layers else None
+        parts = [prepare_subject(store, subject, cfg, layer_indices=layer_indices, device=device, scales=scales,
+                                 neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)]
     torch.manual_seed(cfg.seed)
     model = FactorTopy(n_channels=[stores[0].n_channels[i] for i in layer_indices], grid=cfg.grid,
                        coords=[torch.from_numpy(np.asarray(s.sphere_coords, dtype=np.float32)) for s in subjects],
@@ -176,7 +196,8 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
                                          scaler=scaler)
     else:
         state = TrainState()
-        state.notes = warm_start(model, stores, subjects, cfg, layer_indices=layer_indices, device=device)
+        with monitor.phase("warm_start"):
+            state.notes = warm_start(model, stores, subjects, cfg, layer_indices=layer_indices, device=device)
         best = _copy_state(model)
     model.selectors.layer.requires_grad_(cfg.layer_lr != 0)
     train = [part.sources["train"] for part in parts]
@@ -186,9 +207,11 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
                desc=f"fit {'+'.join(subject.name for subject in subjects)}", unit="step", dynamic_ncols=True)
     started = time.perf_counter()
     while state.epoch < cfg.epochs and not state.stopped_early:
-        row = train_epoch(model, train, optimiser, scaler, state, cfg, precision=precision,
-                          fade_steps=fade_steps, edges=[part.edges for part in parts], bar=bar)
-        row.update(validation_scores(model, parts, cfg, precision))
+        with monitor.phase("train"):
+            row = train_epoch(model, train, optimiser, scaler, state, cfg, precision=precision,
+                              fade_steps=fade_steps, edges=[part.edges for part in parts], bar=bar)
+        with monitor.phase("validate"):
+            row.update(validation_scores(model, parts, cfg, precision))
         state.history.append({**row, **selection_summary(model)})
         if row["val_r2"] > state.best_val_r2:
             state.best_val_r2, state.best_epoch, best = row["val_r2"], state.epoch, _copy_state(model)
@@ -200,14 +223,16 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
                             optimiser=optimiser, scaler=scaler)
     bar.close()
     model.load_state_dict(best)
-    for index, part in enumerate(parts):
-        part.predictions = {name: predict(model, source, cfg, precision, subject=index)
-                            for name, source in part.sources.items() if name in ("val", "test")}
+    with monitor.phase("predict"):
+        for index, part in enumerate(parts):
+            part.predictions = {name: predict(model, source, cfg, precision, subject=index)
+                                for name, source in part.sources.items() if name in ("val", "test")}
     summary = {"epochs_run": state.epoch, "best_epoch": state.best_epoch, "steps": state.step,
                "stopped_early": state.stopped_early, "train_seconds": time.perf_counter() - started,
                "device": str(device), "precision": str(precision_dtype(precision) or torch.float32).replace("torch.", ""),
                "resident": all(type(source).__name__ == "ResidentFeatures" for source in train),
-               "fade_steps": fade_steps, "feature_scales": scales, **state.notes}
+               "feature_source": [source.choice for source in train],
+               "fade_steps": fade_steps, "feature_scales": scales, "phases": monitor.record(), **state.notes}
     return TrainedModel(model=model, cfg=cfg, layer_names=layer_names, parts=parts, history=state.history,
                         summary=summary)
 
@@ -217,8 +242,8 @@ def prepare_subject(store: FeatureStore, subject: Subject, cfg: FitConfig, *, la
                     neighbours: np.ndarray | None) -> SubjectPart:
     """Z-score ``subject``'s responses with its training statistics and open a feature source per split."""
     standard = standardise(subject.responses, subject.splits["train"])
-    targets = standard.apply(subject.responses)
-    sources = {name: open_features(store, subject.stimulus_ids[rows], targets[rows], layer_indices=layer_indices,
+    sources = {name: open_features(store, subject.stimulus_ids[rows], standard.apply_rows(subject.responses, rows),
+                                   layer_indices=layer_indices,
                                    grid=cfg.grid, device=device, resident=cfg.resident,
                                    shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch, scales=scales)
                for name, rows in subject.splits.items() if len(rows)}
@@ -325,10 +350,10 @@ def validation_scores(model: FactorTopy, parts: Sequence[SubjectPart], cfg: FitC
 
 
 def standardise(responses: np.ndarray, train_rows: np.ndarray) -> Standardisation:
-    """Per-vertex mean and standard deviation over the training rows (std 0 -> 1)."""
-    train = np.asarray(responses[train_rows], dtype=np.float64)
-    std = train.std(axis=0)
-    return Standardisation(train.mean(axis=0).astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
+    """Per-vertex mean and standard deviation over the training rows (std 0 -> 1), computed in row blocks."""
+    moments = ResponseMoments.of(responses, np.asarray(train_rows))
+    std = np.sqrt(moments.sum_squares / moments.n)
+    return Standardisation(moments.mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
 
 
 def predict(model: FactorTopy, source: Any, cfg: FitConfig, precision: str, *,

@@ -4,8 +4,9 @@ The reference starts every vertex at uniform layer weights and the image centre 
 small data or short budgets, its selectors barely move (method.md). Two cheap
 regressions on the training images give a better start:
 
-* layer: a ridge per layer scores every layer for every vertex (it recovers the planted
-  hierarchy well); the scores, softened by a temperature, are the layer target;
+* layer: a ridge per layer scores every layer for every vertex by generalised
+  cross-validation from streamed sufficient statistics (``stages.fit.layer_scores``; it
+  recovers the planted hierarchy well); the scores, softened by a temperature, are the layer target;
 * space: for each vertex's best layer, a tiny ridge per grid cell (channels reduced by a
   random projection) scores every cell; the softmax-weighted centroid of the cells is the target point.
 
@@ -27,7 +28,8 @@ from cache.errors import InvalidInputError
 from cache.store import FeatureStore
 from stages.fit.factortopy import FactorTopy
 from stages.fit.config import FitConfig
-from stages.fit.ridge import score_layers, score_targets
+from stages.fit.layer_scores import ResponseMoments, score_layers
+from stages.fit.ridge import RidgeConfig, score_targets
 from stages.subject import Subject
 
 #: Vertices scored at once by :func:`cell_scores`: bounds its memory to ~(cells x components x block) floats.
@@ -37,6 +39,8 @@ CELL_COMPONENTS = 32
 #: Optimiser steps used to fit the layer selector to its target.
 WARM_START_STEPS = 300
 WARM_START_LR = 3e-3
+#: Solver settings of the per-layer scores: the ridge baseline's alpha grid, feature sets and pooling.
+SCORE_SETTINGS = RidgeConfig()
 
 
 def fit_selectors(model: FactorTopy, *, layer_targets: Sequence[np.ndarray] | None = None,
@@ -97,12 +101,15 @@ def _stacked(model: FactorTopy, targets: Sequence[np.ndarray], name: str) -> np.
 
 def cell_scores(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], best_layer: np.ndarray,
                 grid: int, n_components: int = CELL_COMPONENTS, alpha: float = 1.0, seed: int = 0,
-                batch_size: int = 256) -> np.ndarray:
+                batch_size: int = 256, device: torch.device = torch.device("cpu")) -> np.ndarray:
     """In-sample R^2 of a small ridge on each grid cell's tokens of each vertex's best layer.
 
     Each layer's channels are reduced to ``n_components`` by a seeded Gaussian random
     projection, so every (vertex, cell) regression is tiny; the fit's bias from
     in-sample scoring is the same for every cell, so the best cells stand out alike.
+    One streamed pass over the training images accumulates, per layer and cell, the
+    projected tokens' sums and ``x^T x`` and, for the vertices whose best layer it is,
+    ``x^T y``; memory grows with cells x components x vertices, never with images.
 
     Args:
         store: the feature store.
@@ -110,41 +117,73 @@ def cell_scores(store: FeatureStore, subject: Subject, *, layer_indices: Sequenc
         layer_indices: store indices of the fit's layers.
         best_layer: int array of shape (n_vertices,), index into ``layer_indices`` per vertex.
         grid: the stored grid to read.
+        device: where the statistics are accumulated and solved.
 
     Returns:
         float32 array of shape (n_vertices, grid * grid), cells row-major (y then x).
     """
-    train = subject.splits["train"]
-    ids = subject.stimulus_ids[train]
+    train = np.asarray(subject.splits["train"])
     needed = sorted(set(int(b) for b in best_layer))
     rng = np.random.default_rng(seed)
-    projections = {slot: rng.standard_normal((store.n_channels[layer_indices[slot]], n_components)).astype(np.float32)
-                   for slot in needed}
-    reduced = {slot: np.zeros((len(ids), grid * grid, n_components), np.float32) for slot in needed}
-    for batch in store.iter_batches(ids, batch_size=batch_size, grid=grid):
-        for slot in needed:
-            tokens = np.asarray(batch.local[layer_indices[slot]], dtype=np.float32)   # (n, C, g, g)
-            flat = tokens.reshape(len(tokens), tokens.shape[1], grid * grid).transpose(0, 2, 1)
-            reduced[slot][batch.positions] = flat @ projections[slot]
-    responses = np.asarray(subject.responses[train], dtype=np.float64)
-    responses = responses - responses.mean(axis=0)
-    total = np.maximum((responses ** 2).sum(axis=0), 1e-12)
+    projections = {slot: torch.as_tensor(rng.standard_normal((store.n_channels[layer_indices[slot]], n_components)),
+                                         dtype=torch.float32, device=device) for slot in needed}
+    members = {slot: np.flatnonzero(best_layer == slot) for slot in needed}
+    moments = ResponseMoments.of(subject.responses, train)
+    statistics = {slot: _CellStatistics(grid * grid, n_components, len(members[slot]), device) for slot in needed}
+    batches = store.iter_batches(list(subject.stimulus_ids[train]), batch_size=batch_size, grid=grid,
+                                 layers=[layer_indices[slot] for slot in needed])
+    for batch in batches:
+        targets = moments.centred(subject.responses, train[batch.positions], device)
+        for read_index, slot in enumerate(needed):
+            tokens = torch.as_tensor(batch.local[read_index], device=device).float()          # (n, C, g, g)
+            cells = tokens.flatten(2).transpose(1, 2) @ projections[slot]                     # (n, cells, k)
+            statistics[slot].add(cells, targets[:, torch.as_tensor(members[slot], device=device)])
     scores = np.zeros((subject.n_vertices, grid * grid), np.float32)
     for slot in needed:
-        x = torch.as_tensor(reduced[slot], dtype=torch.float64).transpose(0, 1)          # (cells, n, k)
-        x = (x - x.mean(dim=1, keepdim=True)) / x.std(dim=1, keepdim=True).clamp_min(1e-12)
-        moments = x.transpose(1, 2) @ x                                                     # (cells, k, k)
-        gram = moments + alpha * len(ids) * torch.eye(n_components, dtype=torch.float64)
-        members = np.flatnonzero(best_layer == slot)
-        for vertices in np.array_split(members, -(-len(members) // VERTEX_BLOCK)):
-            y = torch.as_tensor(responses[:, vertices])                                     # (n, v)
-            cross = x.transpose(1, 2) @ y                                                   # (cells, k, v)
+        scores[members[slot]] = statistics[slot].scores(moments.sum_squares[members[slot]], alpha)
+    return scores
+
+
+class _CellStatistics:
+    """Per grid cell, sums and ``x^T x`` of the projected tokens and ``x^T y`` for some vertices (float64 / float32)."""
+
+    def __init__(self, n_cells: int, n_components: int, n_vertices: int, device: torch.device) -> None:
+        self.n = 0
+        self.shift: torch.Tensor | None = None
+        self.sums = torch.zeros(n_cells, n_components, dtype=torch.float64, device=device)
+        self.gram = torch.zeros(n_cells, n_components, n_components, dtype=torch.float64, device=device)
+        self.cross = torch.zeros(n_cells, n_components, n_vertices, dtype=torch.float32, device=device)
+
+    def add(self, cells: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add a batch: ``cells`` (n, n_cells, k) projected tokens, ``targets`` (n, n_vertices) centred responses."""
+        if self.shift is None:
+            self.shift = cells.mean(dim=0)
+        shifted = (cells - self.shift).transpose(0, 1)                                        # (cells, n, k)
+        self.n += shifted.shape[1]
+        self.sums += shifted.sum(dim=1, dtype=torch.float64)
+        wide = shifted.double()
+        self.gram += wide.transpose(1, 2) @ wide
+        self.cross += shifted.transpose(1, 2) @ targets
+
+    def scores(self, sum_squares: np.ndarray, alpha: float) -> np.ndarray:
+        """``1 - |y - x w|^2 / |y|^2`` per (vertex, cell) with z-scored ``x`` and ``w`` the ridge solution."""
+        mean = self.sums / self.n
+        moments = self.gram - self.n * mean[:, :, None] * mean[:, None, :]                    # centred x^T x
+        std = (moments.diagonal(dim1=1, dim2=2) / max(self.n - 1, 1)).clamp_min(1e-24).sqrt()  # (cells, k)
+        moments = moments / std[:, :, None] / std[:, None, :]
+        n_components = moments.shape[1]
+        gram = moments + alpha * self.n * torch.eye(n_components, dtype=torch.float64, device=moments.device)
+        total = torch.as_tensor(np.maximum(sum_squares, 1e-12), device=moments.device)
+        out = np.zeros((len(sum_squares), moments.shape[0]), np.float32)
+        for vertices in np.array_split(np.arange(len(sum_squares)), max(1, -(-len(sum_squares) // VERTEX_BLOCK))):
+            index = torch.as_tensor(vertices, device=moments.device)
+            cross = self.cross[:, :, index].double() / std[:, :, None]                        # (cells, k, v)
             weights = torch.linalg.solve(gram, cross)
             # |y - x w|^2 = y'y - 2 w'x'y + w'(x'x)w: no (cells, n, v) prediction is ever built
-            residual = ((y ** 2).sum(dim=0) - 2.0 * (weights * cross).sum(dim=1)
-                        + (weights * (moments @ weights)).sum(dim=1))                       # (cells, v)
-            scores[vertices] = (1.0 - residual.numpy() / total[vertices]).T
-    return scores
+            residual = (total[index] - 2.0 * (weights * cross).sum(dim=1)
+                        + (weights * (moments @ weights)).sum(dim=1))                         # (cells, v)
+            out[vertices] = (1.0 - residual / total[index]).T.cpu().numpy()
+        return out
 
 
 def centre_targets(scores: np.ndarray, grid: int, *, temperature: float = 0.03) -> np.ndarray:
@@ -170,11 +209,13 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
                layer_indices: Sequence[int], device: torch.device) -> dict[str, float]:
     """Initialise the (shared) selectors from cheap regressions on each subject's training images; returns a summary.
 
-    ``cfg.warm_start="layer"``: the layer selector from per-layer ridge scores (``score_layers``,
-    run on the fit's ``device``); ``"layer+space"``: also the space selector from per-cell
-    scores of each vertex's best layer (``cell_scores`` -> ``centre_targets``). ``"none"``
-    does nothing. Each subject's targets come from its own responses (``stores[i]`` holds
-    ``subjects[i]``'s images); :func:`fit_selectors` fits the shared selectors to all of them at once.
+    ``cfg.warm_start="layer"``: the layer selector from per-layer ridge scores
+    (:func:`~stages.fit.layer_scores.score_layers`, streamed, on the fit's ``device``);
+    ``"layer+space"``: also the space selector from per-cell scores of each vertex's best
+    layer (``cell_scores`` -> ``centre_targets``). ``"none"`` does nothing. Each subject's
+    targets come from its own responses (``stores[i]`` holds ``subjects[i]``'s images);
+    :func:`fit_selectors` fits the shared selectors to all of them at once. Both regressions
+    stream the store, so memory does not grow with the number of images.
 
     Args:
         layer_indices: store indices of the fit's layers (resolved once by the input checks).
@@ -183,13 +224,23 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
     if cfg.warm_start == "none":
         return {}
     started = time.perf_counter()
+    seconds = {"layer": 0.0, "space": 0.0}
     layer_targets, space_targets = [], []
     for store, subject in zip(stores, subjects):
-        scores = score_layers(store, subject, layer_indices=layer_indices, grid=cfg.grid, device=device)
+        tic = time.perf_counter()
+        scores = score_layers(store, subject, layer_indices=layer_indices, grid=cfg.grid, device=device,
+                              alphas=SCORE_SETTINGS.alphas, feature_sets=SCORE_SETTINGS.feature_sets,
+                              local_pool=SCORE_SETTINGS.local_pool, batch_size=SCORE_SETTINGS.batch_size)
         layer_targets.append(score_targets(scores, temperature=cfg.warm_start_temperature))
+        seconds["layer"] += time.perf_counter() - tic
         if cfg.warm_start == "layer+space":
+            tic = time.perf_counter()
             best = np.nan_to_num(scores, nan=-np.inf).argmax(axis=1)
             space_targets.append(centre_targets(cell_scores(store, subject, layer_indices=layer_indices,
-                                                            best_layer=best, grid=cfg.grid, seed=cfg.seed), cfg.grid))
+                                                            best_layer=best, grid=cfg.grid, seed=cfg.seed,
+                                                            device=device), cfg.grid))
+            seconds["space"] += time.perf_counter() - tic
     losses = fit_selectors(model, layer_targets=layer_targets, space_targets=space_targets or None)
-    return {"warm_start_seconds": time.perf_counter() - started, **{f"warm_start_{k}_loss": v for k, v in losses.items()}}
+    return {"warm_start_seconds": time.perf_counter() - started, "warm_start_layer_scores_seconds": seconds["layer"],
+            "warm_start_cell_scores_seconds": seconds["space"],
+            **{f"warm_start_{k}_loss": v for k, v in losses.items()}}

@@ -11,7 +11,7 @@ from sklearn.linear_model import Ridge, RidgeCV
 
 from cache.errors import ConfigError, IncompleteStoreError, InvalidInputError, StoreMismatchError
 from stages.fit.result import FitResult
-from stages.fit.ridge import RidgeConfig, fit_ridge, score_layers
+from stages.fit.ridge import RidgeConfig, fit_ridge
 from stages.fit.ridge_solver import choose_alphas, loo_errors, predict, ridge_coefficients, spectrum_from_features
 
 ALPHAS = np.logspace(-2, 4, 9)
@@ -92,14 +92,6 @@ def test_banded_ridge_weights_the_planted_band(store, make_subject, tmp_path: Pa
     assert (result.vertices["scale"] == 1.0).all()
     loaded = FitResult.load(result.save(tmp_path / "fit"))
     assert np.array_equal(loaded.vertices["layer_argmax"], result.vertices["layer_argmax"])
-
-
-def test_score_layers_for_the_warm_start(store, make_subject) -> None:
-    subject, truth = make_subject(n_vertices=10, token="global", noise=0.3, seed=2)
-    scores = score_layers(store, subject, layer_indices=[0, 1, 2], grid=8, device=torch.device("cpu"),
-                          settings=RidgeConfig(feature_sets=("global",), alphas=(0.1, 1.0, 10.0)))
-    assert scores.shape == (10, 3) and scores.dtype == np.float32
-    assert (scores.argmax(axis=1) == truth["layers"]).mean() >= 0.9
 
 
 def test_bad_config_and_inputs(store, make_subject) -> None:

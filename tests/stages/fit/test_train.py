@@ -135,6 +135,10 @@ def test_saved_fit_is_complete(fitted):
     assert [row["epoch"] for row in lines] == [1, 2]
     assert {"train_loss", "val_r2", "images_per_s"} <= set(lines[0])
     assert (folder / WEIGHTS_FILE).is_file()
+    phases = loaded.metrics["phases"]            # each phase's cost, as fit.json records it
+    assert {"prepare", "warm_start", "train", "validate", "predict"} <= set(phases)
+    assert all(entry["seconds"] >= 0 and entry["peak_rss_gb"] > 0 for entry in phases.values())
+    assert loaded.metrics["feature_source"][0].startswith(("resident", "streamed"))
 
 
 @pytest.mark.slow

@@ -1,0 +1,263 @@
+"""Per-layer ridge scores from streamed sufficient statistics: the warm start's evidence at any scale.
+
+For every layer and feature set (the global token; the local tokens average-pooled to
+``local_pool x local_pool``), a ridge regression to every vertex is scored by its
+generalised cross-validation (GCV) error on the training images (Golub, Heath and Wahba
+1979), the best of the alpha grid per vertex. GCV is leave-one-out cross-validation with
+every image's leverage replaced by the mean leverage; unlike exact leave-one-out it needs
+no per-image residual, so it follows from sufficient statistics alone:
+
+* with the centred, z-scored features ``X`` (columns divided by sqrt(n_features), as the
+  ridge baseline does) and ``X^T X = V diag(s) V^T``, the responses' coordinates on the
+  feature space are ``c = diag(s)^(-1/2) V^T X^T y``;
+* for a penalty ``alpha`` the shrinkage is ``f = s / (s + alpha)``, the residual sum of
+  squares ``|y|^2 - sum (1 - (1 - f)^2) c^2`` and the degrees of freedom ``1 + sum f``
+  (the intercept counts one), so ``GCV = (RSS / n) / (1 - df / n)^2`` and the score is
+  ``1 - GCV / var(y)``.
+
+One streamed pass over the training images accumulates, per layer and feature set, the
+column sums, ``X^T X`` (float64) and ``X^T y`` for every vertex (float32), reading only
+the layers of the current group; layers are grouped so that a group's accumulators fit
+``budget_bytes``. Host and device memory therefore grow with features x vertices, never
+with images x vertices, and the cost is ``n_images x n_features x n_vertices``
+multiply-adds plus ``n_features^2 x n_vertices`` for the rotation. Where a feature set is
+wider than the number of training images, the features themselves are kept instead
+(``n_images x n_features``, smaller than ``X^T X``) and the same quantities come from the
+image kernel, with the coordinates ``Q^T y`` taken from the responses in row blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cache.store import FeatureStore
+from stages.subject import Subject
+
+#: Accumulator memory one pass over the store may hold (bytes); more layers -> more passes.
+BUDGET_BYTES = 2 * 2**30
+#: Eigenvalues below this fraction of the largest are the null space (as in ``ridge_solver``).
+RELATIVE_EIGENVALUE_FLOOR = 1e-10
+#: Training rows of the responses handled at once where they are read outside the store pass.
+ROW_BLOCK = 2048
+#: Vertices whose GCV errors are evaluated at once (bounds a float64 (features, block) temporary).
+VERTEX_BLOCK = 8192
+
+
+@dataclass(frozen=True)
+class ResponseMoments:
+    """Training-row statistics of a subject's responses, computed in row blocks (float64).
+
+    Attributes:
+        mean: array of shape (n_vertices,).
+        sum_squares: sum over training rows of the centred responses squared, shape (n_vertices,).
+        n: number of training rows.
+    """
+
+    mean: np.ndarray
+    sum_squares: np.ndarray
+    n: int
+
+    @classmethod
+    def of(cls, responses: np.ndarray, rows: np.ndarray) -> "ResponseMoments":
+        """Moments of ``responses[rows]`` without ever copying more than ``ROW_BLOCK`` rows."""
+        total = np.zeros(responses.shape[1])
+        for block in _row_blocks(rows):
+            total += responses[block].sum(axis=0, dtype=np.float64)
+        mean = total / len(rows)
+        squares = np.zeros(responses.shape[1])
+        for block in _row_blocks(rows):
+            squares += ((responses[block] - mean) ** 2).sum(axis=0)
+        return cls(mean=mean, sum_squares=squares, n=len(rows))
+
+    def centred(self, responses: np.ndarray, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+        """``responses[rows] - mean`` as a float32 tensor on ``device``."""
+        rows_read = torch.as_tensor(np.asarray(responses[rows], dtype=np.float32), device=device)
+        return rows_read - torch.as_tensor(self.mean, dtype=torch.float32, device=device)
+
+
+class _Statistics:
+    """Sufficient statistics of one feature set of one layer against every vertex.
+
+    ``primal`` (fewer features than images): column sums, ``X^T X`` and ``X^T y`` of the
+    features shifted by their first batch's mean (exact: the responses are centred, and
+    the shift is undone in the Gram matrix); otherwise the shifted features themselves.
+    """
+
+    def __init__(self, n_features: int, n_vertices: int, n_images: int, device: torch.device) -> None:
+        self.n_features, self.n_images, self.device = n_features, n_images, device
+        self.primal = n_features < n_images
+        self.n = 0
+        self.shift: torch.Tensor | None = None
+        self.sums = torch.zeros(n_features, dtype=torch.float64, device=device)
+        if self.primal:
+            self.gram = torch.zeros(n_features, n_features, dtype=torch.float64, device=device)
+            self.cross = torch.zeros(n_features, n_vertices, dtype=torch.float32, device=device)
+        else:
+            self.rows = torch.zeros(n_images, n_features, dtype=torch.float32, device=device)
+
+    @staticmethod
+    def nbytes(n_features: int, n_vertices: int, n_images: int) -> int:
+        """Bytes held by one accumulator (and its largest temporary when finished)."""
+        if n_features < n_images:
+            return 4 * n_features * n_vertices * 2 + 8 * n_features * n_features * 3
+        return 4 * n_images * n_features + 8 * n_images * n_images * 3 + 4 * n_images * VERTEX_BLOCK
+
+    def add(self, features: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor | None) -> None:
+        """Add a batch: ``features`` (b, n_features) float32, ``positions`` its training-row indices,
+        ``targets`` its centred responses (b, n_vertices) (unused by the dual form)."""
+        if self.shift is None:
+            self.shift = features.mean(dim=0)
+        shifted = features - self.shift
+        self.n += len(shifted)
+        self.sums += shifted.sum(dim=0, dtype=torch.float64)
+        if self.primal:
+            wide = shifted.double()
+            self.gram.addmm_(wide.T, wide)
+            self.cross.addmm_(shifted.T, targets)
+        else:
+            self.rows[positions] = shifted
+
+    def scores(self, moments: ResponseMoments, responses: np.ndarray, train: np.ndarray,
+               alphas: torch.Tensor) -> np.ndarray:
+        """Best GCV R^2 over ``alphas`` per vertex, float64 array of shape (n_vertices,); frees the statistics."""
+        spectrum = self._primal_spectrum() if self.primal else self._dual_spectrum(moments, responses, train)
+        return gcv_scores(*spectrum, moments, alphas)
+
+    def _column_scale(self, variance: torch.Tensor) -> torch.Tensor:
+        """1 / (column std x sqrt(n_features)); constant columns keep 1 (they are zero once centred)."""
+        std = (variance / max(self.n - 1, 1)).clamp_min(0).sqrt()
+        return torch.where(std > 0, 1.0 / std, torch.ones_like(std)) / np.sqrt(self.n_features)
+
+    def _primal_spectrum(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues of the z-scored ``X^T X`` and the responses' coordinates, from the accumulated sums."""
+        mean = self.sums / self.n
+        gram = self.gram - self.n * torch.outer(mean, mean)
+        scale = self._column_scale(gram.diagonal())
+        eigenvalues, vectors = torch.linalg.eigh(gram * scale[:, None] * scale[None, :])
+        keep = eigenvalues > RELATIVE_EIGENVALUE_FLOOR * eigenvalues.max().clamp_min(1e-300)
+        eigenvalues, vectors = eigenvalues[keep], vectors[:, keep]
+        rotation = (vectors * scale[:, None] / eigenvalues.sqrt()).float()             # (n_features, k)
+        coordinates = rotation.T @ self.cross                                             # (k, n_vertices)
+        del self.cross, self.gram
+        return eigenvalues, coordinates
+
+    def _dual_spectrum(self, moments: ResponseMoments, responses: np.ndarray, train: np.ndarray
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues of the z-scored image kernel and the responses' coordinates on its eigenvectors."""
+        centred = self.rows.double() - self.sums / self.n
+        del self.rows
+        features = centred * self._column_scale((centred ** 2).sum(dim=0))
+        eigenvalues, basis = torch.linalg.eigh(features @ features.T)
+        keep = eigenvalues > RELATIVE_EIGENVALUE_FLOOR * eigenvalues.max().clamp_min(1e-300)
+        eigenvalues, basis = eigenvalues[keep], basis[:, keep].float()                   # basis: (n_images, k)
+        coordinates = torch.zeros(basis.shape[1], len(moments.mean), dtype=torch.float32, device=self.device)
+        for block in _row_blocks(np.arange(len(train))):
+            coordinates.addmm_(basis[torch.as_tensor(block, device=self.device)].T,
+                               moments.centred(responses, train[block], self.device))
+        return eigenvalues, coordinates
+
+
+def gcv_scores(eigenvalues: torch.Tensor, coordinates: torch.Tensor, moments: ResponseMoments,
+               alphas: torch.Tensor) -> np.ndarray:
+    """Best ``1 - GCV / var(y)`` over ``alphas`` per vertex (see the module docs).
+
+    Args:
+        eigenvalues: float64 tensor of shape (k,), the kernel's non-zero spectrum.
+        coordinates: tensor of shape (k, n_vertices), the centred responses on its eigenvectors.
+        moments: the responses' training moments (``sum_squares`` and ``n``).
+        alphas: float64 tensor of shape (n_alphas,).
+
+    Returns:
+        float64 array of shape (n_vertices,).
+    """
+    n = moments.n
+    shrink = eigenvalues[None, :] / (eigenvalues[None, :] + alphas[:, None])              # (n_alphas, k)
+    explained_weight = 1.0 - (1.0 - shrink) ** 2
+    dof = 1.0 + shrink.sum(dim=1)                                                         # (n_alphas,)
+    denominator = (1.0 - dof / n).clamp_min(1e-12) ** 2 * n
+    total = torch.as_tensor(moments.sum_squares, device=coordinates.device)
+    best = torch.full((coordinates.shape[1],), -torch.inf, dtype=torch.float64, device=coordinates.device)
+    for start in range(0, coordinates.shape[1], VERTEX_BLOCK):
+        stop = start + VERTEX_BLOCK
+        explained = explained_weight @ coordinates[:, start:stop].double() ** 2           # (n_alphas, block)
+        rss = (total[start:stop] - explained).clamp_min(0.0)
+        errors = rss / denominator[:, None]
+        best[start:stop] = (1.0 - errors / (total[start:stop] / n).clamp_min(1e-300)).max(dim=0).values
+    return best.cpu().numpy()
+
+
+def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], grid: int,
+                 device: torch.device, alphas: Sequence[float], feature_sets: Sequence[str] = ("global", "local"),
+                 local_pool: int = 2, batch_size: int = 256, budget_bytes: int = BUDGET_BYTES) -> np.ndarray:
+    """GCV R^2 on the training images of a ridge per layer (best feature set and alpha), per vertex.
+
+    The evidence for a warm start of FactorTopy's layer selector: it touches neither the
+    validation nor the test images, and reads the store once per group of layers.
+
+    Args:
+        layer_indices: store indices of the layers to score.
+        grid: the stored local grid to read.
+        device: where the statistics are accumulated and solved.
+        alphas: the penalty grid (on the normalised kernel scale of ``stages.fit.ridge``).
+        feature_sets: subset of ``("global", "local")``.
+        local_pool: side of the average-pooled local grid.
+        budget_bytes: accumulator memory one pass may hold (at least one layer per pass).
+
+    Returns:
+        float32 array of shape (n_vertices, n_layers).
+    """
+    train = np.asarray(subject.splits["train"])
+    responses = subject.responses
+    moments = ResponseMoments.of(responses, train)
+    alpha_grid = torch.tensor(list(alphas), dtype=torch.float64, device=device)
+    widths = [{"global": store.n_channels[layer], "local": store.n_channels[layer] * local_pool ** 2}
+              for layer in layer_indices]
+    sizes = [sum(_Statistics.nbytes(widths[slot][name], subject.n_vertices, len(train)) for name in feature_sets)
+             for slot in range(len(layer_indices))]
+    scores = np.full((subject.n_vertices, len(layer_indices)), -np.inf)
+    for group in _layer_groups(sizes, budget_bytes):
+        statistics = {(slot, name): _Statistics(widths[slot][name], subject.n_vertices, len(train), device)
+                      for slot in group for name in feature_sets}
+        needs_targets = any(stat.primal for stat in statistics.values())
+        batches = store.iter_batches(list(subject.stimulus_ids[train]), batch_size=batch_size, grid=grid,
+                                     layers=[layer_indices[slot] for slot in group])
+        for batch in batches:
+            targets = moments.centred(responses, train[batch.positions], device) if needs_targets else None
+            positions = torch.as_tensor(batch.positions, device=device)
+            for read_index, slot in enumerate(group):
+                sets = _feature_sets(batch.global_[read_index], batch.local[read_index], local_pool, device)
+                for name in feature_sets:
+                    statistics[slot, name].add(sets[name], positions, targets)
+        for (slot, name), stat in statistics.items():
+            scores[:, slot] = np.maximum(scores[:, slot], stat.scores(moments, responses, train, alpha_grid))
+    return scores.astype(np.float32)
+
+
+def _feature_sets(global_: np.ndarray, local: np.ndarray, local_pool: int, device: torch.device
+                  ) -> dict[str, torch.Tensor]:
+    """A batch's global tokens and pooled, flattened local tokens, float32 on ``device``."""
+    local_tokens = torch.as_tensor(local, device=device).float()
+    return {"global": torch.as_tensor(global_, device=device).float(),
+            "local": F.adaptive_avg_pool2d(local_tokens, local_pool).flatten(1)}
+
+
+def _layer_groups(sizes: Sequence[int], budget_bytes: int) -> list[list[int]]:
+    """Consecutive layer slots whose accumulators fit ``budget_bytes`` together (one slot at least)."""
+    groups: list[list[int]] = []
+    held = budget_bytes + 1
+    for slot, size in enumerate(sizes):
+        if held + size > budget_bytes and (not groups or groups[-1]):
+            groups.append([])
+            held = 0
+        groups[-1].append(slot)
+        held += size
+    return groups
+
+
+def _row_blocks(rows: np.ndarray) -> list[np.ndarray]:
+    return [rows[start:start + ROW_BLOCK] for start in range(0, len(rows), ROW_BLOCK)]
