@@ -9,18 +9,23 @@ ratio = extraction wall time / bare forward wall time (target <= 1.15). The same
 ratio of process CPU time (all threads) is printed too: on a shared machine it is
 less disturbed by other processes than wall time. Also: MB/s of features handed to
 the store, bytes on disk, the peak RSS of the process while extracting and its
-growth over the RSS just before.
+growth over the RSS just before (this process and its children).
 
-    .venv/bin/python bench/features.py [--images 240] [--batch-size 32] [--autocast auto]
+    .venv/bin/python bench/features.py [--images 240] [--batch-size 32] [--precision auto] [--json PATH]
+
+Stage one at the scale of real runs: a random-init ViT-B/16 (timm ``vit_base_patch16_224``,
+12 blocks x 768 channels) over at least 500 images::
+
+    .venv/bin/python bench/features.py --models timm:vit_base_patch16_224 --images 500 --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -39,33 +44,15 @@ from stages.features.extract import (  # noqa: E402
 )
 from stages.models.preprocess import image_to_tensor  # noqa: E402
 from stages.models.registry import ModelRequest  # noqa: E402
+from stages.resources import GB, PhaseMonitor  # noqa: E402
 
 MODELS = (
     ModelRequest("mobilenet_v2"),
     ModelRequest("timm:vit_small_patch16_224", pretrained=False),
+    ModelRequest("timm:vit_base_patch16_224", pretrained=False),   # ViT-B/16: 12 blocks x 768, the scale of real runs
 )
-
-
-class PeakRss:
-    """Highest resident set size of this process seen by a 20 ms sampling thread while active."""
-
-    def __init__(self) -> None:
-        self.peak, self._stop = 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        process = psutil.Process()
-        while not self._stop.is_set():
-            self.peak = max(self.peak, process.memory_info().rss)
-            time.sleep(0.02)
-
-    def __enter__(self) -> "PeakRss":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+#: Models run when ``--models`` is not given (ViT-B is run on its own, on >= 500 images: see the module docs).
+DEFAULT_MODELS = ("mobilenet_v2", "timm:vit_small_patch16_224")
 
 
 class Timer:
@@ -116,10 +103,11 @@ def run_one(request: ModelRequest, folder: Path, work: Path, cfg: ExtractConfig,
         store = FeatureStore.create(path, image_ids=images.image_ids, layout=layout,
                                     provenance=store_provenance(model, images, cfg))
         before = psutil.Process().memory_info().rss
-        with PeakRss() as rss, Timer() as timer:
+        with PhaseMonitor(interval=0.02) as monitor, monitor.phase("extract"), Timer() as timer:
             report = extract_features(model, images, store, cfg, progress=False)
         extract.append(timer)
-        peak, growth = max(peak, rss.peak), max(growth, rss.peak - before)
+        rss_peak = monitor.record()["extract"]["peak_rss_gb"] * GB
+        peak, growth = max(peak, rss_peak), max(growth, rss_peak - before)
         disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         shutil.rmtree(path)
     bare_wall, extract_wall = min(t.wall for t in bare), min(t.wall for t in extract)
@@ -140,8 +128,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating bare/extraction runs per model (default 2)")
     parser.add_argument("--default-allocator", action="store_true",
                         help="leave glibc's allocator as it is (see stages.features.extract.tune_allocator)")
-    parser.add_argument("--models", default=",".join(r.name for r in MODELS),
-                        help="comma-separated subset of the benchmarked models")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"comma-separated subset of {', '.join(r.name for r in MODELS)} (default: the first two)")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     cfg = ExtractConfig(batch_size=args.batch_size, precision=args.precision, decode_workers=args.decode_workers,
                         device=args.device)
@@ -167,6 +156,10 @@ def main() -> None:
               f"{row['ratio']:.3f} | {row['cpu_ratio']:.3f} | {row['img_s']:.1f} | {row['mb']:.1f} | {row['mb_s']:.1f} | "
               f"{row['disk_mb']:.1f} | {row['peak_rss_mb']:.0f} | {row['rss_growth_mb']:.0f}")
     print("target: ratio <= 1.15")
+    if args.json:
+        args.json.write_text(json.dumps({"device": str(resolve_device(cfg.device)), "threads": torch.get_num_threads(),
+                                         "batch_size": cfg.batch_size, "precision": resolve_extract_precision(cfg),
+                                         "allocator": allocator, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

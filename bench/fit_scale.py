@@ -89,8 +89,12 @@ import psutil  # noqa: E402
 from cache.errors import BddnError, InvalidInputError  # noqa: E402
 from cache.folder import remove_store  # noqa: E402
 from cache.store import FeatureStore, StoreLayout  # noqa: E402
-from stages.fit.warmstart import CELL_COMPONENTS, VERTEX_BLOCK  # noqa: E402
+from pipeline import runroot  # noqa: E402
+from stages.fit.layer_scores import BUDGET_BYTES  # noqa: E402
+from stages.fit.streaming import SHUFFLE_BUFFER_BYTES  # noqa: E402
+from stages.fit.warmstart import CELL_COMPONENTS  # noqa: E402
 from stages.mesh import FSAVERAGE7_VERTICES  # noqa: E402
+from stages.resources import PhaseMonitor  # noqa: E402
 from stages.subject import Subject  # noqa: E402
 
 GRID = 8
@@ -109,8 +113,9 @@ NOISE_CEILING_RANGE = (0.1, 0.6)
 TARGET_FIT_SECONDS = 120.0
 #: Entries of the fit's metrics copied into the summary (``other_seconds`` = the fit's wall time minus
 #: warm start and training: input checks, loading features onto the device, final predictions).
-FIT_METRICS = ("warm_start_seconds", "train_seconds", "epochs_run", "best_epoch", "steps", "device", "precision",
-               "resident", "mean_r2_val", "mean_r2_test", "median_r2_test_nc")
+FIT_METRICS = ("warm_start_seconds", "warm_start_layer_scores_seconds", "warm_start_cell_scores_seconds",
+               "train_seconds", "epochs_run", "best_epoch", "steps", "device", "precision", "resident", "mean_r2_val",
+               "mean_r2_test", "median_r2_test_nc")
 STEP_BENCH_TIMEOUT_S = 240
 
 
@@ -122,6 +127,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=768)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (the fit's device)")
+    parser.add_argument("--resident", choices=("auto", "on", "off"), default="auto",
+                        help="the fit's feature residency (off = streamed, as `bddn fit --stream`)")
+    parser.add_argument("--skip-figures", action="store_true", help="do not run `bddn figures` on the fit")
     parser.add_argument("--work", type=Path, help="folder for the store (default: a new temporary folder)")
     parser.add_argument("--json", type=Path, help="summary file (default: $OUT/fit_scale.json, else <work>/fit_scale.json)")
     parser.add_argument("--chunk-images", type=int, help="images per store block (default: the store's choice)")
@@ -142,20 +150,20 @@ def store_bytes(args: argparse.Namespace) -> float:
 
 def estimate_needs(args: argparse.Namespace) -> dict[str, float]:
     """Bytes the run needs: ``disk`` (the store; random float16 barely compresses), ``ram`` (peak host
-    memory of the fit's largest steps) and ``gpu`` (resident features plus the ridge warm start).
+    memory of the fit's largest phase) and ``gpu`` (resident features plus the warm start's statistics).
 
-    Host terms: responses and their z-scored copies (4 x float32 images x vertices), the
-    training statistics in float64 (2 x train x vertices), the ridge's float64 responses and
-    its features, and the warm start's per-cell scores (each layer's randomly projected tokens
-    in float32, one layer's standardised float64 copy, and one vertex block's solves).
+    Host terms: the responses (float32, held by the subject throughout), and the larger of the warm
+    start (its accumulators, ``layer_scores.BUDGET_BYTES``, plus one layer's solve and the per-cell
+    cross products) and training (the z-scored training targets and about three shuffle buffers),
+    plus ~1.5 GB of libraries, model and held-out predictions.
     """
-    n_train = args.images * (1 - TEST_FRACTION) * (1 - VAL_FRACTION)
     store = store_bytes(args)
-    ridge_features = args.images * args.layers * args.channels * 5 * 4.0   # global + 2x2-pooled local, float32
-    cells = GRID * GRID * CELL_COMPONENTS * (args.layers * n_train * 4.0 + 2 * n_train * 8.0 + 3 * VERTEX_BLOCK * 8.0)
-    ram = (4 * args.images * args.vertices * 4.0 + 2 * n_train * args.vertices * 8.0
-           + args.images * args.vertices * 8.0 + 2 * ridge_features + cells + 2 * GB)
-    gpu = store + n_train * args.vertices * 8.0 + ridge_features + 4 * GB
+    responses = args.images * args.vertices * 4.0
+    layer = args.channels * 5 * args.vertices * 4.0
+    warm_start = BUDGET_BYTES + layer + GRID * GRID * CELL_COMPONENTS * args.vertices * 4.0
+    training = responses + 3 * SHUFFLE_BUFFER_BYTES
+    ram = responses + max(warm_start, training) + 1.5 * GB
+    gpu = store + responses + BUDGET_BYTES + 4 * GB
     return {"disk": store * 1.02 + 0.5 * GB, "ram": ram, "gpu": gpu}
 
 
@@ -182,48 +190,30 @@ def check_resources(work: Path, needs: dict[str, float]) -> dict[str, float]:
 
 class Report:
     """The run's summary, written to ``path`` after every phase and every ``save_every`` seconds meanwhile
-    (atomically), so a run stopped from outside still leaves what it measured; a thread samples the resident
-    memory of this process and its children every ``interval`` seconds and keeps each phase's peak."""
+    (atomically), so a run stopped from outside still leaves what it measured; each phase's seconds and peak
+    resident memory (this process and its children) come from a :class:`~stages.resources.PhaseMonitor`."""
 
     def __init__(self, path: Path, summary: dict[str, Any], *, interval: float = 0.1, save_every: float = 15.0) -> None:
         self.path = path
         self.summary = summary
         self.started = time.perf_counter()
-        self._peaks: dict[str, float] = {}
-        self._phase: tuple[str, float] | None = None
+        self.monitor = PhaseMonitor(interval=interval).__enter__()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, args=(interval, save_every), name="report", daemon=True)
+        self._thread = threading.Thread(target=self._save_forever, args=(save_every,), name="report", daemon=True)
         self._thread.start()
 
-    def _sample(self, interval: float, save_every: float) -> None:
-        me, last_save = psutil.Process(), time.perf_counter()
-        while not self._stop.wait(interval):
-            phase = self._phase
-            if phase is None:
-                continue
-            rss = me.memory_info().rss
-            for child in me.children(recursive=True):
-                try:
-                    rss += child.memory_info().rss
-                except psutil.Error:   # a child that ended between listing and reading
-                    pass
-            self._peaks[phase[0]] = max(self._peaks.get(phase[0], 0.0), rss / GB)
-            if time.perf_counter() - last_save >= save_every:
-                self.save()
-                last_save = time.perf_counter()
+    def _save_forever(self, save_every: float) -> None:
+        while not self._stop.wait(save_every):
+            self.save()
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Time the block as phase ``name`` (``phase_seconds``), sample its peak RSS, save at its end."""
-        started = time.perf_counter()
-        self._phase = (name, started)
+        """Time the block as phase ``name`` and sample its peak RSS; save the summary at its end."""
         try:
-            yield
+            with self.monitor.phase(name):
+                yield
         finally:
-            with self._lock:
-                self.summary.setdefault("phase_seconds", {})[name] = time.perf_counter() - started
-                self._phase = None
             self.save()
 
     def update(self, **entries: Any) -> None:
@@ -232,12 +222,12 @@ class Report:
             self.summary.update(entries)
 
     def save(self) -> None:
-        """Write the summary (with the running phase, peaks and elapsed time) through a temporary file."""
+        """Write the summary (with every phase's seconds and peak, and the elapsed time) through a temporary file."""
         with self._lock:
-            phase = self._phase
-            self.summary["running"] = None if phase is None else {"phase": phase[0],
-                                                                  "seconds": time.perf_counter() - phase[1]}
-            self.summary["peak_rss_gb"] = dict(self._peaks)
+            record = self.monitor.record()
+            self.summary["running"] = next((name for name, entry in record.items() if entry.get("running")), None)
+            self.summary["phase_seconds"] = {name: entry["seconds"] for name, entry in record.items()}
+            self.summary["peak_rss_gb"] = {name: entry["peak_rss_gb"] for name, entry in record.items()}
             self.summary["total_seconds"] = time.perf_counter() - self.started
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_name(self.path.name + ".partial")
@@ -248,6 +238,7 @@ class Report:
         """Stop sampling and write the summary a last time."""
         self._stop.set()
         self._thread.join()
+        self.monitor.__exit__(None, None, None)
         self.save()
 
 
@@ -368,8 +359,9 @@ def make_subject(store: FeatureStore, projections: np.ndarray, args: argparse.Na
 
 
 def run_fit(store: FeatureStore, subject: Subject, planted_layer: np.ndarray, args: argparse.Namespace
-            ) -> dict[str, Any]:
-    """Fit FactorTopy with ``FitConfig()`` (epochs and device from ``args``); its timings, throughput and scores.
+            ) -> tuple[dict[str, Any], Any]:
+    """Fit FactorTopy with ``FitConfig()`` (epochs, device and residency from ``args``); its timings, throughput,
+    phases (seconds and peak RSS, as the fit records them) and scores, and the fit itself.
 
     torch is imported here, not at module level, so the store-writing worker processes start without it.
     """
@@ -378,7 +370,7 @@ def run_fit(store: FeatureStore, subject: Subject, planted_layer: np.ndarray, ar
     from stages.fit.config import FitConfig
     from stages.fit.train import fit_factortopy
 
-    cfg = FitConfig(epochs=args.epochs, device=args.device)
+    cfg = FitConfig(epochs=args.epochs, device=args.device, resident=args.resident)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -389,15 +381,21 @@ def run_fit(store: FeatureStore, subject: Subject, planted_layer: np.ndarray, ar
     out: dict[str, Any] = {"seconds": seconds, "batch_size": cfg.batch_size,
                            "layer_recovery": float(np.mean(result.layer_weights.argmax(axis=1) == planted_layer))}
     out.update({key: metrics[key] for key in FIT_METRICS if key in metrics})
+    out["phases"] = metrics.get("phases", {})
+    out["feature_source"] = metrics.get("feature_source")
     if "train_seconds" in metrics and "epochs_run" in metrics:
         out["images_per_s"] = metrics["epochs_run"] * len(subject.splits["train"]) / metrics["train_seconds"]
         out["other_seconds"] = seconds - metrics["train_seconds"] - metrics.get("warm_start_seconds", 0.0)
+        epoch_seconds = out["phases"].get("train", {}).get("seconds", metrics["train_seconds"]) / metrics["epochs_run"]
+        out["epoch_seconds"] = epoch_seconds
+        out["warm_start_epochs"] = metrics.get("warm_start_seconds", 0.0) / epoch_seconds
+        out["warm_start_share"] = metrics.get("warm_start_seconds", 0.0) / seconds
     out["epoch_images_per_s"] = [round(row.get("images_per_s", float("nan")), 1) for row in result.history]
     if cuda:
         out["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / GB
         out["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved() / GB
         torch.cuda.empty_cache()   # the step benchmark's processes come next
-    return out
+    return out, result
 
 
 def environment() -> dict[str, Any]:
@@ -413,8 +411,9 @@ def environment() -> dict[str, Any]:
             "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / GB if cuda else None}
 
 
-def run_step_bench(args: argparse.Namespace, device: str, work: Path) -> list[dict[str, Any]]:
-    """``bench/fit.py`` at this scale on ``device``: per configuration, s/step and peak memory (GB)."""
+def run_step_bench(args: argparse.Namespace, device: str, work: Path) -> dict[str, Any]:
+    """``bench/fit.py`` at this scale on ``device``: per configuration s/step and peak memory (GB), the ratios
+    against the plain implementation and how loaded the machine was."""
     target = work / "fit_step.json"
     command = [sys.executable, str(ROOT / "bench" / "fit.py"), "--device", device, "--vertices", str(args.vertices),
                "--layers", str(args.layers), "--channels", str(args.channels),
@@ -432,10 +431,13 @@ def run_step_bench(args: argparse.Namespace, device: str, work: Path) -> list[di
             stderr = f"bench/fit.py ran past {STEP_BENCH_TIMEOUT_S} s and was stopped"
     print(stdout, end="", flush=True)
     if process.returncode != 0:
-        return [{"error": stderr.strip().splitlines()[-1:]}]
-    return [{key: row[key] for key in ("worker", "batch", "amp", "error") if key in row}
-            | ({"step_s": row["step_s"], "peak_gb": row["peak_bytes"] / GB} if "step_s" in row else {})
-            for row in json.loads(target.read_text())]
+        return {"error": stderr.strip().splitlines()[-1:]}
+    report = json.loads(target.read_text())
+    rows = [{key: row[key] for key in ("worker", "batch", "amp", "error") if key in row}
+            | ({"step_s": row["step_s"], "cpu_s": row["cpu_s"], "peak_gb": row["peak_bytes"] / GB}
+               if "step_s" in row else {})
+            for row in report["results"]]
+    return {"configurations": rows, "ratios": report["ratios"], "machine": report["machine"]}
 
 
 def main() -> int:
@@ -471,7 +473,17 @@ def main() -> int:
                                "splits": {name: len(rows) for name, rows in subject.splits.items()}})
         print(f"subject: {summary['subject']}", flush=True)
         with report.phase("fit"):
-            report.update(fit=run_fit(store, subject, planted_layer, args))
+            fit_summary, result = run_fit(store, subject, planted_layer, args)
+            report.update(fit=fit_summary)
+        fit_folder = runroot.fit_dir(work / "runs", "random-fit-scale", subject.name)
+        with report.phase("write"):
+            result.save(fit_folder)
+        del result
+        if args.skip_figures:
+            report.update(figures="skipped")
+        else:
+            with report.phase("figures"):
+                report.update(figures=run_figures(fit_folder, work / "runs"))
         fit_seconds = summary["fit"]["seconds"]
         report.update(target={"fit_seconds_max": TARGET_FIT_SECONDS, "fit_seconds": fit_seconds,
                               "met": fit_seconds <= TARGET_FIT_SECONDS if cuda else None,
@@ -487,8 +499,37 @@ def main() -> int:
             with report.phase("remove_store"):
                 remove_store(store_path)
         report.close()
+    print_phase_table(summary)
     print(json.dumps(summary, default=str))
     return 0
+
+
+def run_figures(fit_folder: Path, run_root: Path) -> dict[str, Any]:
+    """``bddn figures`` on the fit, in its own process (its peak memory is sampled as this phase's child)."""
+    command = [sys.executable, "-m", "pipeline.cli", "--run-root", str(run_root), "figures", str(fit_folder),
+               "--no-progress"]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    out: dict[str, Any] = {"seconds": time.perf_counter() - started, "returncode": done.returncode}
+    if done.returncode != 0:
+        out["error"] = done.stderr.strip().splitlines()[-3:]
+    return out
+
+
+def print_phase_table(summary: dict[str, Any]) -> None:
+    """Seconds and peak host RSS of every phase, the fit's own phases indented under it."""
+    seconds, peaks = summary.get("phase_seconds", {}), summary.get("peak_rss_gb", {})
+    inner = summary.get("fit", {}).get("phases", {}) if isinstance(summary.get("fit"), dict) else {}
+    print(f"{'phase':24s} {'seconds':>9s} {'peak RSS GB':>12s}")
+    for name, value in seconds.items():
+        print(f"{name:24s} {value:9.1f} {peaks.get(name, float('nan')):12.2f}")
+        if name == "fit":
+            for inner_name, entry in inner.items():
+                print(f"  {inner_name:22s} {entry['seconds']:9.1f} {entry['peak_rss_gb']:12.2f}")
+    fit = summary.get("fit", {})
+    if "warm_start_epochs" in fit:
+        print(f"warm start: {fit.get('warm_start_seconds', 0):.1f} s = {fit['warm_start_epochs']:.2f} training epochs "
+              f"({fit['warm_start_share']:.0%} of the fit); one epoch {fit['epoch_seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -1,29 +1,32 @@
 """Per-layer ridge scores from streamed sufficient statistics: the warm start's evidence at any scale.
 
 For every layer and feature set (the global token; the local tokens average-pooled to
-``local_pool x local_pool``), a ridge regression to every vertex is scored by its
-generalised cross-validation (GCV) error on the training images (Golub, Heath and Wahba
-1979), the best of the alpha grid per vertex. GCV is leave-one-out cross-validation with
-every image's leverage replaced by the mean leverage; unlike exact leave-one-out it needs
-no per-image residual, so it follows from sufficient statistics alone:
+``local_pool x local_pool``), a ridge regression to every vertex is scored on the training
+images, the best of the alpha grid per vertex, with the ridge baseline's normalisation
+(centred, z-scored columns divided by sqrt(n_features)). Two forms, chosen per feature set:
 
-* with the centred, z-scored features ``X`` (columns divided by sqrt(n_features), as the
-  ridge baseline does) and ``X^T X = V diag(s) V^T``, the responses' coordinates on the
-  feature space are ``c = diag(s)^(-1/2) V^T X^T y``;
-* for a penalty ``alpha`` the shrinkage is ``f = s / (s + alpha)``, the residual sum of
-  squares ``|y|^2 - sum (1 - (1 - f)^2) c^2`` and the degrees of freedom ``1 + sum f``
-  (the intercept counts one), so ``GCV = (RSS / n) / (1 - df / n)^2`` and the score is
-  ``1 - GCV / var(y)``.
+* **Feature space** (more training images than features, the case at scale): the
+  generalised cross-validation (GCV) error (Golub, Heath and Wahba 1979), leave-one-out
+  with every image's leverage replaced by the mean leverage. It follows from sufficient
+  statistics alone: with ``X^T X = V diag(s) V^T`` the responses' coordinates are
+  ``c = diag(s)^(-1/2) V^T X^T y``; for a penalty ``alpha`` the shrinkage is
+  ``f = s / (s + alpha)``, the residual sum of squares ``|y|^2 - sum (1 - (1 - f)^2) c^2``
+  and the degrees of freedom ``1 + sum f`` (the intercept counts one), so
+  ``GCV = (RSS / n) / (1 - df / n)^2`` and the score is ``1 - GCV / var(y)``. With many
+  more images than features the leverages are nearly equal and GCV is close to exact
+  leave-one-out.
+* **Image kernel** (no more training images than features): the features themselves are
+  kept (``n_images x n_features``, smaller than ``X^T X``) and scored by exact
+  leave-one-out through the kernel's eigenvectors (``stages.fit.ridge_solver``), reading
+  the responses in vertex blocks. Here leverages vary most, and GCV would blur them.
 
 One streamed pass over the training images accumulates, per layer and feature set, the
 column sums, ``X^T X`` (float64) and ``X^T y`` for every vertex (float32), reading only
 the layers of the current group; layers are grouped so that a group's accumulators fit
-``budget_bytes``. Host and device memory therefore grow with features x vertices, never
-with images x vertices, and the cost is ``n_images x n_features x n_vertices``
-multiply-adds plus ``n_features^2 x n_vertices`` for the rotation. Where a feature set is
-wider than the number of training images, the features themselves are kept instead
-(``n_images x n_features``, smaller than ``X^T X``) and the same quantities come from the
-image kernel, with the coordinates ``Q^T y`` taken from the responses in row blocks.
+``budget_bytes`` (the solve after the pass holds about one more accumulator's worth).
+Host and device memory therefore grow with features x vertices, never with images x
+vertices, and the cost is ``n_images x n_features x n_vertices`` multiply-adds plus
+``n_features^2 x n_vertices`` for the rotation.
 """
 
 from __future__ import annotations
@@ -36,15 +39,15 @@ import torch
 import torch.nn.functional as F
 
 from cache.store import FeatureStore
+from stages.fit.ridge_solver import RELATIVE_EIGENVALUE_FLOOR, KernelSpectrum, choose_alphas, loo_errors
 from stages.subject import Subject
 
-#: Accumulator memory one pass over the store may hold (bytes); more layers -> more passes.
-BUDGET_BYTES = 2 * 2**30
-#: Eigenvalues below this fraction of the largest are the null space (as in ``ridge_solver``).
-RELATIVE_EIGENVALUE_FLOOR = 1e-10
+#: Accumulator memory one pass over the store may hold (bytes); more layers -> more passes. At
+#: subj01 scale (37,984 vertices, 768-channel layers: 0.66 GB each) two layers share a pass.
+BUDGET_BYTES = 3 * 2**29
 #: Training rows of the responses handled at once where they are read outside the store pass.
 ROW_BLOCK = 2048
-#: Vertices whose GCV errors are evaluated at once (bounds a float64 (features, block) temporary).
+#: Vertices scored at once (bounds a float64 (features or images, block) temporary).
 VERTEX_BLOCK = 8192
 
 
@@ -102,10 +105,10 @@ class _Statistics:
 
     @staticmethod
     def nbytes(n_features: int, n_vertices: int, n_images: int) -> int:
-        """Bytes held by one accumulator (and its largest temporary when finished)."""
+        """Bytes one accumulator holds during the pass (solving it later takes about as much again, one at a time)."""
         if n_features < n_images:
-            return 4 * n_features * n_vertices * 2 + 8 * n_features * n_features * 3
-        return 4 * n_images * n_features + 8 * n_images * n_images * 3 + 4 * n_images * VERTEX_BLOCK
+            return 4 * n_features * n_vertices + 8 * n_features * n_features
+        return 4 * n_images * n_features
 
     def add(self, features: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor | None) -> None:
         """Add a batch: ``features`` (b, n_features) float32, ``positions`` its training-row indices,
@@ -124,9 +127,23 @@ class _Statistics:
 
     def scores(self, moments: ResponseMoments, responses: np.ndarray, train: np.ndarray,
                alphas: torch.Tensor) -> np.ndarray:
-        """Best GCV R^2 over ``alphas`` per vertex, float64 array of shape (n_vertices,); frees the statistics."""
-        spectrum = self._primal_spectrum() if self.primal else self._dual_spectrum(moments, responses, train)
-        return gcv_scores(*spectrum, moments, alphas)
+        """Best R^2 over ``alphas`` per vertex, float64 array of shape (n_vertices,); frees the statistics.
+
+        Feature-space form: GCV. Image-kernel form (no more images than features): exact leave-one-out,
+        whose per-image leverages the kernel's eigenvectors give at the same cost.
+        """
+        if self.primal:
+            return gcv_scores(*self._primal_spectrum(), moments, alphas)
+        eigenvalues, basis = self._dual_spectrum()
+        spectrum = KernelSpectrum(basis=basis, eigenvalues=eigenvalues)
+        best = np.empty(len(moments.mean))
+        for start in range(0, len(best), VERTEX_BLOCK):
+            columns = slice(start, start + VERTEX_BLOCK)
+            targets = torch.as_tensor(responses[train, columns] - moments.mean[columns], device=self.device)
+            _, error = choose_alphas(loo_errors(spectrum, targets, alphas), alphas)
+            variance = np.maximum(moments.sum_squares[columns] / moments.n, 1e-300)
+            best[columns] = 1.0 - error.cpu().numpy() / variance
+        return best
 
     def _column_scale(self, variance: torch.Tensor) -> torch.Tensor:
         """1 / (column std x sqrt(n_features)); constant columns keep 1 (they are zero once centred)."""
@@ -146,20 +163,14 @@ class _Statistics:
         del self.cross, self.gram
         return eigenvalues, coordinates
 
-    def _dual_spectrum(self, moments: ResponseMoments, responses: np.ndarray, train: np.ndarray
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eigenvalues of the z-scored image kernel and the responses' coordinates on its eigenvectors."""
+    def _dual_spectrum(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues and eigenvectors (float64, shape (n_images, k)) of the z-scored image kernel."""
         centred = self.rows.double() - self.sums / self.n
         del self.rows
         features = centred * self._column_scale((centred ** 2).sum(dim=0))
         eigenvalues, basis = torch.linalg.eigh(features @ features.T)
         keep = eigenvalues > RELATIVE_EIGENVALUE_FLOOR * eigenvalues.max().clamp_min(1e-300)
-        eigenvalues, basis = eigenvalues[keep], basis[:, keep].float()                   # basis: (n_images, k)
-        coordinates = torch.zeros(basis.shape[1], len(moments.mean), dtype=torch.float32, device=self.device)
-        for block in _row_blocks(np.arange(len(train))):
-            coordinates.addmm_(basis[torch.as_tensor(block, device=self.device)].T,
-                               moments.centred(responses, train[block], self.device))
-        return eigenvalues, coordinates
+        return eigenvalues[keep], basis[:, keep].contiguous()
 
 
 def gcv_scores(eigenvalues: torch.Tensor, coordinates: torch.Tensor, moments: ResponseMoments,

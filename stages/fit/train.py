@@ -178,11 +178,6 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
                                   neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)][0]
     layer_names = tuple(stores[0].layer_names[i] for i in layer_indices)
     device = resolve_device(cfg.device)
-    with monitor.phase("prepare"):
-        scales = shared_feature_scales(stores, subjects, layer_indices=layer_indices, grid=cfg.grid) \
-            if cfg.normalise_layers else None
-        parts = [prepare_subject(store, subject, cfg, layer_indices=layer_indices, device=device, scales=scales,
-                                 neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)]
     torch.manual_seed(cfg.seed)
     model = FactorTopy(n_channels=[stores[0].n_channels[i] for i in layer_indices], grid=cfg.grid,
                        coords=[torch.from_numpy(np.asarray(s.sphere_coords, dtype=np.float32)) for s in subjects],
@@ -194,11 +189,16 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
     if has_checkpoint(checkpoint_dir):
         state, best = restore_checkpoint(checkpoint_dir, identity=identity, model=model, optimiser=optimiser,
                                          scaler=scaler)
-    else:
+    else:   # before the training targets exist: the warm start's statistics and they never share memory
         state = TrainState()
         with monitor.phase("warm_start"):
             state.notes = warm_start(model, stores, subjects, cfg, layer_indices=layer_indices, device=device)
         best = _copy_state(model)
+    with monitor.phase("prepare"):
+        scales = shared_feature_scales(stores, subjects, layer_indices=layer_indices, grid=cfg.grid) \
+            if cfg.normalise_layers else None
+        parts = [prepare_subject(store, subject, cfg, layer_indices=layer_indices, device=device, scales=scales,
+                                 neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)]
     model.selectors.layer.requires_grad_(cfg.layer_lr != 0)
     train = [part.sources["train"] for part in parts]
     steps_per_epoch = sum(math.ceil(source.n_images / cfg.batch_size) for source in train)
