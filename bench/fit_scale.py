@@ -40,8 +40,10 @@ Run it once on a GPU machine; one command there does it all. Where zarr, numcode
 and google-crc32c are not installed and nothing can be downloaded, bring them as wheels
 (here: ``pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 -d bench/results/wheels
-zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0``; ``bench/results``
-is git-ignored) and run, from the repository root, with a 600 s limit::
+zarr==3.1.6 numcodecs==0.16.6 donfig==0.8.1.post1 google-crc32c==1.9.0``;
+``bench/results/wheels`` is git-ignored, the JSON results beside it are committed) and run,
+from the repository root, with a 600 s limit (``bench/device_run.sh`` runs this, then the
+step and stage-one benchmarks, in one go)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site bench/results/wheels/*.whl && PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/fit_scale.py
 

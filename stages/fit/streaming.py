@@ -25,6 +25,7 @@ import psutil
 import torch
 
 from cache.store import FeatureStore
+from stages.fit.targets import StandardisedRows
 
 #: Fraction of free device (or host) memory resident mode may take in automatic mode.
 RESIDENT_MEMORY_FRACTION = 0.4
@@ -101,7 +102,7 @@ class _FeatureSourceBase:
         self.store = store
         self.scales = None if scales is None else [(np.float32(a), np.float32(b)) for a, b in scales]
         self.image_ids = np.asarray(image_ids)
-        self.targets = np.ascontiguousarray(targets, dtype=np.float32)
+        self.targets = targets if isinstance(targets, StandardisedRows) else np.ascontiguousarray(targets, np.float32)
         self.layer_indices = list(layer_indices)
         self.grid = grid
         self.device = device
@@ -134,7 +135,8 @@ class StreamedFeatures(_FeatureSourceBase):
     Args:
         store: the feature store.
         image_ids: the images to serve, in the order ``positions`` refer to.
-        targets: float32 array of shape (len(image_ids), n_vertices).
+        targets: float32 array of shape (len(image_ids), n_vertices), or rows z-scored per batch
+            (:class:`~stages.fit.targets.StandardisedRows`).
         layer_indices: store layers to serve, in order.
         grid: the stored local grid to read.
         device: where batches land.
@@ -230,6 +232,7 @@ class ResidentFeatures(_FeatureSourceBase):
         inverse = torch.from_numpy(np.argsort(np.concatenate(order))).to(device)
         self.local = [torch.cat(parts)[inverse] for parts in local]
         self.global_ = [torch.cat(parts)[inverse] for parts in global_]
+        self.targets = np.ascontiguousarray(self.targets, dtype=np.float32)   # resident: held whole
         self.target_tensor = torch.from_numpy(self.targets).to(device)
         self.choice = "resident"
 

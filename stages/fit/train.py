@@ -34,42 +34,20 @@ from stages.fit.checkpoint import TrainState, has_checkpoint, restore_checkpoint
 from stages.fit.config import FitConfig
 from stages.fit.factortopy import FactorTopy
 from stages.fit.inputs import check_inputs, check_stores
-from stages.fit.layer_scores import ROW_BLOCK, ResponseMoments
 from stages.fit.metrics import r2_score
 from stages.fit.objective import prior_weight, regression_loss, smoothness_penalty
 from stages.fit.outputs import TrainedFit, build_fit_result
 from stages.fit.result import FitResult
 from stages.fit.streaming import Batch, feature_scales, open_features
+from stages.fit.targets import Standardisation, StandardisedRows, standardise
 from stages.fit.warmstart import warm_start
-from stages.resources import PhaseMonitor
+from stages.resources import PhaseMonitor, release_free_memory
 from stages.subject import Subject
 
 #: Config keys that may change between a fit and its resumption (they do not change the result).
 RESUMABLE_KEYS = ("epochs", "patience", "device", "prefetch", "eval_batch_size")
-
-
-@dataclass(frozen=True)
-class Standardisation:
-    """Per-vertex training statistics used to z-score responses (recorded in every fit).
-
-    Attributes:
-        mean, std: float32 arrays of shape (n_vertices,).
-    """
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    def apply(self, responses: np.ndarray) -> np.ndarray:
-        """Responses of shape (n_images, n_vertices) in training z-units."""
-        return ((responses - self.mean) / self.std).astype(np.float32)
-
-    def apply_rows(self, responses: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """``apply(responses[rows])``, filled ``ROW_BLOCK`` rows at a time (one float32 copy, no temporaries
-        of the whole selection)."""
-        out = np.empty((len(rows), responses.shape[1]), dtype=np.float32)
-        for start in range(0, len(rows), ROW_BLOCK):
-            out[start:start + ROW_BLOCK] = self.apply(responses[rows[start:start + ROW_BLOCK]])
-        return out
+#: Host memory one evaluation batch's read-out intermediates may take on the CPU (bytes).
+EVAL_BATCH_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -193,6 +171,7 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
         state = TrainState()
         with monitor.phase("warm_start"):
             state.notes = warm_start(model, stores, subjects, cfg, layer_indices=layer_indices, device=device)
+            release_free_memory()
         best = _copy_state(model)
     with monitor.phase("prepare"):
         scales = shared_feature_scales(stores, subjects, layer_indices=layer_indices, grid=cfg.grid) \
@@ -240,13 +219,19 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
 def prepare_subject(store: FeatureStore, subject: Subject, cfg: FitConfig, *, layer_indices: Sequence[int],
                     device: torch.device, scales: Sequence[tuple[float, float]] | None,
                     neighbours: np.ndarray | None) -> SubjectPart:
-    """Z-score ``subject``'s responses with its training statistics and open a feature source per split."""
+    """Z-score ``subject``'s responses with its training statistics and open a feature source per split.
+
+    The training split's targets are z-scored batch by batch (:class:`~stages.fit.targets.StandardisedRows`);
+    the held-out splits' are materialised (they are small and scored whole)."""
     standard = standardise(subject.responses, subject.splits["train"])
-    sources = {name: open_features(store, subject.stimulus_ids[rows], standard.apply_rows(subject.responses, rows),
-                                   layer_indices=layer_indices,
-                                   grid=cfg.grid, device=device, resident=cfg.resident,
-                                   shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch, scales=scales)
-               for name, rows in subject.splits.items() if len(rows)}
+    sources = {}
+    for name, rows in subject.splits.items():
+        if len(rows):
+            targets = (StandardisedRows(subject.responses, rows, standard) if name == "train"
+                       else standard.apply_rows(subject.responses, rows))
+            sources[name] = open_features(store, subject.stimulus_ids[rows], targets, layer_indices=layer_indices,
+                                          grid=cfg.grid, device=device, resident=cfg.resident,
+                                          shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch, scales=scales)
     edges = None if neighbours is None else torch.as_tensor(neighbours, dtype=torch.long, device=device)
     return SubjectPart(subject=subject, store=store, standardisation=standard, sources=sources, edges=edges)
 
@@ -349,23 +334,25 @@ def validation_scores(model: FactorTopy, parts: Sequence[SubjectPart], cfg: FitC
     return row
 
 
-def standardise(responses: np.ndarray, train_rows: np.ndarray) -> Standardisation:
-    """Per-vertex mean and standard deviation over the training rows (std 0 -> 1), computed in row blocks."""
-    moments = ResponseMoments.of(responses, np.asarray(train_rows))
-    std = np.sqrt(moments.sum_squares / moments.n)
-    return Standardisation(moments.mean.astype(np.float32), np.where(std > 0, std, 1.0).astype(np.float32))
-
-
 def predict(model: FactorTopy, source: Any, cfg: FitConfig, precision: str, *,
             subject: int = 0) -> np.ndarray:
     """Predictions of ``subject``'s read-out, shape (source.n_images, n_vertices), rows in the source's image order."""
     model.eval()
     out = np.zeros(source.targets.shape, dtype=np.float32)
+    batch_size = eval_batch_size(cfg, source.device, n_vertices=out.shape[1], n_layers=len(source.layer_indices))
     with torch.no_grad(), autocast_context(source.device, precision):
-        for batch in source.batches(batch_size=cfg.eval_batch_size, shuffle=False):
+        for batch in source.batches(batch_size=batch_size, shuffle=False):
             out[batch.positions] = model(batch.local, batch.global_, subject=subject).float().cpu().numpy()
     model.train()
     return out
+
+
+def eval_batch_size(cfg: FitConfig, device: torch.device, *, n_vertices: int, n_layers: int) -> int:
+    """``cfg.eval_batch_size``, lowered on the CPU so one batch's read-out intermediates (about
+    ``n_vertices x n_layers x 20`` bytes per image) stay within ``EVAL_BATCH_BYTES`` of host memory."""
+    if device.type != "cpu":
+        return cfg.eval_batch_size
+    return max(1, min(cfg.eval_batch_size, EVAL_BATCH_BYTES // (n_vertices * n_layers * 20)))
 
 
 def fit_identity(stores: Sequence[FeatureStore], subjects: Sequence[Subject], cfg: FitConfig,

@@ -15,7 +15,8 @@ from stages.fit.config import FitConfig
 from stages.fit.outputs import METRICS_FILE
 from stages.fit.result import FitResult, REQUIRED_COLUMNS
 from stages.fit.weights_file import WEIGHTS_FILE
-from stages.fit.train import fit_factortopy, standardise
+from stages.fit.targets import standardise
+from stages.fit.train import fit_factortopy
 from train_stubs import forbid_training
 
 FAST = dict(epochs=2, batch_size=16, warm_start="none", eval_batch_size=32)
