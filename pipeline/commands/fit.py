@@ -205,6 +205,12 @@ def _print_done(result: FitResult, model: str, out: Path, seconds: float) -> Non
     scores = ", ".join(f"{key} {value:.3f}" for key, value in result.metrics.items()
                        if key in ("mean_r2_val", "mean_r2_test", "median_r2_test_nc") and value == value)
     print(f"bddn fit: {result.method} fit of {result.subject} on {model} in {seconds:.0f} s ({scores}) -> {out}")
+    for source in result.metrics.get("feature_source", []):
+        print(f"bddn fit: training features {source}")
+    phases = result.metrics.get("phases", {})
+    if phases:
+        print("bddn fit: phases " + ", ".join(f"{name} {entry['seconds']:.0f} s / {entry['peak_rss_gb']:.1f} GB"
+                                             for name, entry in phases.items()))
 
 
 def _subject_key(value: str) -> int | str:

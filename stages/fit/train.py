@@ -202,10 +202,12 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
                             optimiser=optimiser, scaler=scaler)
     bar.close()
     model.load_state_dict(best)
+    release_free_memory()   # the training batches' buffers
     with monitor.phase("predict"):
         for index, part in enumerate(parts):
             part.predictions = {name: predict(model, source, cfg, precision, subject=index)
                                 for name, source in part.sources.items() if name in ("val", "test")}
+        release_free_memory()
     summary = {"epochs_run": state.epoch, "best_epoch": state.best_epoch, "steps": state.step,
                "stopped_early": state.stopped_early, "train_seconds": time.perf_counter() - started,
                "device": str(device), "precision": str(precision_dtype(precision) or torch.float32).replace("torch.", ""),

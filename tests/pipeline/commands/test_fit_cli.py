@@ -52,7 +52,12 @@ def test_fit_writes_a_complete_folder(run_root, capsys):
     assert record["config"]["selector_lr"] == FitConfig().selector_lr
     data, key, root, kwargs = run_root[1][0]
     assert (data, key, root) == ("synthetic", 1, run_root[0].resolve())
-    assert "subj01" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "subj01" in out
+    # what it chose for the features and why, and each phase's cost, said and recorded
+    assert "training features resident (auto:" in out or "training features streamed" in out
+    assert "phases read_subject" in out and "warm_start" in out
+    assert {"read_subject", "warm_start", "train", "predict"} <= set(record["metrics"]["phases"])
 
 
 def test_reference_preset_then_flags(run_root):
