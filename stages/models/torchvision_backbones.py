@@ -135,17 +135,26 @@ def _own_preprocessing(weights: object) -> Preprocessing:
 
 
 def _load_state_dict(weights: object, *, model_id: str) -> tuple[dict[str, torch.Tensor], str]:
-    """The state dict through torch hub (cache first, else download), hash-checked; and ``sha256:<hex>`` of its file."""
+    """The state dict through torch hub (cache first, else download) and ``sha256:<hex>`` of its file.
+
+    A cached file is hash-checked against torchvision's file name *before* it is read, and
+    every read is ``weights_only`` (no pickled code runs, even from a tampered cache); a
+    download is hash-checked by torch hub before it enters the cache.
+    """
     filename = Path(urlparse(weights.url).path).name
     path = Path(torch.hub.get_dir()) / "checkpoints" / filename
     fix = (f"put {filename} (from {weights.url}) into $TORCH_HOME/hub/checkpoints "
            "(for mobilenet_v2: `python -m pipeline.weights`), or use --random-init")
-    with weights_unavailable_on_failure(model_id, f"torchvision {weights}", fix=fix):
-        state = weights.get_state_dict(progress=False, check_hash=True)
-    digest = hash_file(str(path))
     expected = torch.hub.HASH_REGEX.search(filename)
-    if expected and not digest.startswith(expected.group(1)):
-        raise WeightsUnavailableError(
-            f"{model_id}: {path} has SHA-256 {digest[:12]}..., not torchvision's {expected.group(1)}; delete it and reinstall"
-        )
-    return state, f"sha256:{digest}"
+    if path.is_file():
+        digest = hash_file(str(path))
+        if expected and not digest.startswith(expected.group(1)):
+            raise WeightsUnavailableError(
+                f"{model_id}: {path} has SHA-256 {digest[:12]}..., not torchvision's {expected.group(1)}: it is damaged "
+                f"or not the published file, and was not loaded; delete it and {fix}")
+        with weights_unavailable_on_failure(model_id, f"torchvision {weights} from {path}", fix=f"delete it and {fix}"):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        return state, f"sha256:{digest}"
+    with weights_unavailable_on_failure(model_id, f"torchvision {weights}", fix=fix):
+        state = weights.get_state_dict(progress=False, check_hash=True, weights_only=True)
+    return state, f"sha256:{hash_file(str(path))}"

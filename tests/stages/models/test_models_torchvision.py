@@ -81,6 +81,30 @@ def test_missing_and_corrupted_weights() -> None:
         load_model("mobilenet_v2")
 
 
+class _Payload:
+    """Unpickling this runs ``touch <marker>``: the code a tampered weights file would smuggle in."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_tampered_cached_weights_file_runs_nothing_and_names_the_file(tmp_path) -> None:
+    """A pickle payload under torchvision's file name in the torch hub cache: the hash is checked before any
+    read, so nothing runs, and the one-line message says which file to delete."""
+    marker = tmp_path / "payload-ran"
+    _checkpoints().mkdir(parents=True, exist_ok=True)
+    cached = _checkpoints() / MOBILENET_V2_FILE
+    torch.save({"features.0.0.weight": _Payload(marker)}, cached)
+    with pytest.raises(WeightsUnavailableError) as caught:
+        load_model("mobilenet_v2")
+    message = str(caught.value)
+    assert not marker.exists()
+    assert "\n" not in message and str(cached) in message and "delete it" in message and "not loaded" in message
+
+
 def test_generic_resnet_blocks() -> None:
     model = load_model("torchvision:resnet18", pretrained=False)
     assert model.info.layer_names == tuple(f"layer{stage}.{block}" for stage in range(1, 5) for block in range(2))
