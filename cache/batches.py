@@ -19,6 +19,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import zarr
 
+from cache.errors import DamagedStoreError
+
 #: Most threads decoding one block's arrays at once (zstd/blosc release the GIL).
 MAX_READ_THREADS = 8
 
@@ -67,18 +69,35 @@ class BlockReader:
         chunk_images: rows per block (the arrays' chunk length along images).
     """
 
-    def __init__(self, *, local: Sequence[zarr.Array], global_: Sequence[zarr.Array], chunk_images: int) -> None:
+    def __init__(self, *, local: Sequence[zarr.Array], global_: Sequence[zarr.Array], chunk_images: int,
+                 source: str = "feature store") -> None:
         self.local = list(local)
         self.global_ = list(global_)
         self.chunk_images = chunk_images
+        self.source = source
 
     def read_block(self, positions: np.ndarray, rows: np.ndarray, store_ids: np.ndarray,
                    pool: ThreadPoolExecutor) -> _Block:
-        """The decoded row range covering ``rows[positions]`` (all inside one block)."""
+        """The decoded row range covering ``rows[positions]`` (all inside one block).
+
+        Raises:
+            DamagedStoreError: an array's chunk does not decode; one line naming the store,
+                array and chunk, and the command that repairs it.
+        """
         wanted = rows[positions]
         start, stop = int(wanted.min()), int(wanted.max()) + 1
-        values = list(pool.map(lambda array: array[start:stop], self.local + self.global_))
+        values = list(pool.map(lambda array: self._decode(array, start, stop), self.local + self.global_))
         return _Block(positions, wanted - start, store_ids[wanted], values[:len(self.local)], values[len(self.local):])
+
+    def _decode(self, array: zarr.Array, start: int, stop: int) -> np.ndarray:
+        try:
+            return array[start:stop]
+        except Exception as error:   # zstd, checksum or shape errors from the codec pipeline
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DamagedStoreError(
+                f"{self.source}: array {array.path}, chunk {start // self.chunk_images} cannot be decoded "
+                f"({type(error).__name__}: {reason[:160]}); rerun `bddn features` with the same options and --verify: "
+                f"it checks every chunk and extracts the damaged ones again") from error
 
     def pool(self) -> ThreadPoolExecutor:
         """A thread pool sized for this reader's arrays."""

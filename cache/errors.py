@@ -30,6 +30,10 @@ class IncompleteStoreError(BddnError, RuntimeError):
     """A feature store lacks chunks or images that the request needs."""
 
 
+class DamagedStoreError(BddnError, RuntimeError):
+    """A chunk of a feature store cannot be decoded (truncated, altered, failed its checksum) or is missing."""
+
+
 class WeightsUnavailableError(BddnError, RuntimeError):
     """Model weights are neither cached locally nor downloadable."""
 

@@ -201,6 +201,17 @@ class FeatureStore:
         """Blocks whose completion record is missing (never written, or interrupted), ascending."""
         return np.flatnonzero(self._done_flags() == 0).tolist()
 
+    def reopen_chunks(self, chunks: Sequence[int]) -> None:
+        """Clear the completion record of ``chunks`` (found damaged), so extraction computes them again."""
+        records = self._arrays["chunk_done"]
+        for chunk in chunks:
+            records[int(chunk)] = 0
+        self._done = None
+
+    def feature_arrays(self) -> dict[str, zarr.Array]:
+        """Every local and global feature array, by name."""
+        return {name: array for name, array in self._arrays.items() if name not in ("chunk_done", "image_id")}
+
     def is_complete(self) -> bool:
         """True when every block's data and completion record are written."""
         return not self.pending_chunks()
@@ -303,7 +314,7 @@ class FeatureStore:
         return BlockReader(
             local=[self._arrays[local_array_name(int(l), grid, self.n_layers)] for l in picked],
             global_=[self._arrays[global_array_name(int(l), self.n_layers)] for l in picked],
-            chunk_images=self.chunk_images)
+            chunk_images=self.chunk_images, source=f"feature store {self.path}")
 
     def _pick_grid(self, grid: int | None) -> int:
         if grid is None:

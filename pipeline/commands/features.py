@@ -10,6 +10,8 @@ from typing import Any
 
 from cache.errors import ConfigError
 from cache.jsondata import to_json_data
+from cache.folder import SHOWN
+from cache.integrity import damaged_chunks
 from cache.store import FeatureStore
 from pipeline import runroot
 from pipeline.config import build_config, given_flags, load_toml, precision_flag
@@ -78,6 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", type=Path, default=None,
                         help=f"TOML preset whose [{_PRESET_TABLE}] table sets any of: "
                              + ", ".join(ExtractConfig.__dataclass_fields__))
+    parser.add_argument("--verify", action="store_true",
+                        help="on a finished store, decode every chunk (checksums) and check its values are finite; "
+                             "damaged chunks are extracted again (default: only check that every chunk file is there)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -103,9 +108,17 @@ def run(args: argparse.Namespace) -> int:
     path = runroot.feature_store_path(run_root, imageset, args.model)
     create = functools.partial(FeatureStore.create, path, image_ids=images.image_ids, layout=store_layout(model, cfg),
                                provenance=provenance, overwrite=args.overwrite)
-    if path.exists() and not args.overwrite and create().is_complete():  # reopens a matching store, else raises
-        print(f"features up to date: {path} ({len(images)} images)", file=sys.stderr)
-        return 0
+    existing = create() if path.exists() and not args.overwrite else None  # reopens a matching store, else raises
+    if existing is not None and existing.is_complete():
+        damaged = damaged_chunks(existing, full=args.verify)
+        if not damaged:
+            checked = "every chunk decoded and finite" if args.verify else "every chunk file present"
+            print(f"features up to date: {path} ({len(images)} images; {checked})", file=sys.stderr)
+            return 0
+        first = next(iter(damaged.items()))
+        print(f"features: {len(damaged)} damaged chunk(s) of {path} will be extracted again "
+              f"(chunks {list(damaged)[:SHOWN]}; chunk {first[0]}: {first[1]})", file=sys.stderr)
+        existing.reopen_chunks(list(damaged))
     validate_images(images, workers=max(1, cfg.decode_workers))  # every file decodes, before any store is made
     store = create()
     print(f"features: {args.model} on {len(images)} images ({imageset}), {len(store.pending_chunks())}/"

@@ -14,13 +14,14 @@ from cache.errors import ConfigError, MissingInputError
 from cache.store import FeatureStore
 from pipeline import runroot
 from pipeline.config import build_config, given_flags, load_toml, precision_flag
+from pipeline.publish import check_finite_scores, publish
 from pipeline.subjects import list_subject_readers, load_subject
 from pipeline.surfaces import mesh_neighbours, shared_sphere_coordinates
 from stages.device import PRECISIONS
 from stages.fit.config import REFERENCE_PRESET, FitConfig
 from stages.fit.multisubject import fit_factortopy_multi
 from stages.fit.ridge import RidgeConfig, fit_ridge
-from stages.fit.result import FIT_JSON, FitResult
+from stages.fit.result import FitResult
 from stages.fit.train import fit_factortopy
 from stages.resources import PhaseMonitor
 from stages.subject import Subject
@@ -118,17 +119,15 @@ def run(args: argparse.Namespace) -> int:
             subject = _load_subject(args, args.subject or DEFAULT_SUBJECT, data_root)
         store = _open_store(args, run_root)
         out = runroot.fit_dir(run_root, args.model, subject.name, args.method)
-        (out / FIT_JSON).unlink(missing_ok=True)
         started = time.perf_counter()
         if isinstance(cfg, FitConfig):
             checkpoint = _checkpoint_folder(out, restart=args.restart)
             result = fit_factortopy(store, subject, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
                                     neighbours=_neighbours(cfg, subject), monitor=monitor)
-            result.save(out)
-            shutil.rmtree(checkpoint, ignore_errors=True)
         else:
             result = fit_ridge(store, subject, cfg)
-            result.save(out)
+        check_finite_scores(result.metrics, what=f"fit of {subject.name} on {args.model}")
+        publish(out, run_root, result.save)   # the previous fit (and the finished checkpoint) go only now
     _print_done(result, args.model, out, time.perf_counter() - started)
     return 0
 
@@ -145,14 +144,14 @@ def run_joint(args: argparse.Namespace, cfg: FitConfig | RidgeConfig, run_root: 
     store = _open_store(args, run_root)
     names = [subject.name for subject in subjects]
     group = runroot.joint_fit_dir(run_root, args.model, names)
-    for name in names:
-        (runroot.joint_fit_dir(run_root, args.model, names, name) / FIT_JSON).unlink(missing_ok=True)
     started = time.perf_counter()
     checkpoint = _checkpoint_folder(group, restart=args.restart)
     results = fit_factortopy_multi(store, subjects, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
                                    neighbours=[_neighbours(cfg, subject) for subject in subjects])
     for result in results:
-        result.save(runroot.joint_fit_dir(run_root, args.model, names, result.subject))
+        check_finite_scores(result.metrics, what=f"joint fit of {result.subject} on {args.model}")
+    for result in results:
+        publish(runroot.joint_fit_dir(run_root, args.model, names, result.subject), run_root, result.save)
     shutil.rmtree(checkpoint, ignore_errors=True)
     seconds = time.perf_counter() - started
     for result in results:

@@ -317,6 +317,11 @@ def train_epoch(model: FactorTopy, train: Sequence[Any], optimiser: torch.optim.
         bar.update(1)
         bar.set_postfix(epoch=epoch, loss=f"{loss_sum / seen:.4f}", val_r2=_last(state, "val_r2"),
                         img_s=f"{seen / max(time.perf_counter() - tic, 1e-9):.0f}")
+    if not math.isfinite(loss_sum):
+        stores = ", ".join(sorted({str(source.store.path) for source in train}))
+        raise InvalidInputError(
+            f"training loss is {loss_sum / max(seen, 1)} after epoch {epoch}: the features or the targets hold NaN/Inf "
+            f"(a damaged chunk of {stores}, or NaN responses); nothing was written, any previous fit is kept")
     state.epoch = epoch
     seconds = time.perf_counter() - tic
     return {"epoch": epoch, "step": state.step, "train_loss": loss_sum / max(seen, 1), "prior_weight": prior,

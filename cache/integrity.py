@@ -1,0 +1,62 @@
+"""Checking a finished feature store before it is trusted: which chunks are missing or damaged.
+
+A complete store is trusted by its completion records, so damage after the fact (a chunk
+file deleted, truncated, or altered on disk) would otherwise read back as NaN or garbage.
+Two checks, both returning the damaged image blocks with the reason:
+
+* ``full=False`` (every ``bddn features`` run on a finished store, ~a file-system ``stat``
+  per array and chunk): every finished chunk of every feature array has a non-empty file;
+* ``full=True`` (``bddn features --verify``): every finished chunk also decodes (each
+  compressed chunk carries a CRC-32C checksum, ``cache.folder.feature_compressors``) and
+  holds only finite values (an unwritten chunk reads as NaN, the fill value).
+
+The blocks found are handed back to extraction (``FeatureStore.reopen_chunks``), which
+computes exactly those again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cache.store import FeatureStore
+
+
+def damaged_chunks(store: FeatureStore, *, full: bool = False) -> dict[int, str]:
+    """Finished image blocks of ``store`` that are missing or damaged -> the first problem found in each."""
+    finished = [chunk for chunk in range(store.n_chunks) if chunk not in set(store.pending_chunks())]
+    found: dict[int, str] = {}
+    for name, array in store.feature_arrays().items():
+        for chunk in finished:
+            if chunk in found:
+                continue
+            problem = _chunk_file_problem(store, array, chunk)
+            if problem is None and full:
+                problem = _chunk_content_problem(store, array, chunk)
+            if problem is not None:
+                found[chunk] = f"array {name}: {problem}"
+    return dict(sorted(found.items()))
+
+
+def _chunk_file_problem(store: FeatureStore, array, chunk: int) -> str | None:
+    """Why the chunk's file is unusable (absent or empty), or None; only local stores have files to check."""
+    key = array.metadata.chunk_key_encoding.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))
+    path = store.path / array.path / key
+    if not store.path.is_dir():
+        return None
+    if not path.is_file():
+        return f"chunk file {path} is missing"
+    if path.stat().st_size == 0:
+        return f"chunk file {path} is empty"
+    return None
+
+
+def _chunk_content_problem(store: FeatureStore, array, chunk: int) -> str | None:
+    """Why the chunk's values are unusable (fails to decode, or holds NaN/Inf), or None."""
+    rows = store.chunk_rows(chunk)
+    try:
+        values = array[rows]
+    except Exception as error:   # zstd or checksum errors from the codec pipeline
+        return f"chunk {chunk} does not decode ({type(error).__name__})"
+    if not np.isfinite(values).all():
+        return f"chunk {chunk} holds NaN/Inf"
+    return None

@@ -1,0 +1,97 @@
+"""A finished fit survives every later failure: a re-fit replaces it only when the new one is complete and sound."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline import cli, runroot
+from pipeline.commands import fit as fit_command
+from cache.errors import InvalidInputError
+from pipeline.publish import STAGING_FOLDER, check_finite_scores
+from pipeline.report.inputs import discover_inputs
+from stages.fit.result import FIT_JSON, VERTEX_TABLE, FitResult
+from train_stubs import Killed, interrupt_after_first_checkpoint
+
+FAST = ["--epochs", "1", "--batch-size", "16", "--warm-start", "none", "--no-progress"]
+
+
+@pytest.fixture()
+def finished(tmp_path, monkeypatch, make_store, make_subject):
+    """A run root with one finished fit of subj01; returns (run root, fit folder, its fit.json text, subject)."""
+    root = tmp_path / "runs"
+    store = make_store(runroot.feature_store_path(root, "demo", "fake"))
+    subject, _ = make_subject(store, n_vertices=5)
+    monkeypatch.setattr(fit_command, "load_subject", lambda *args, **kwargs: subject)
+    assert cli.main(["--run-root", str(root), "fit", "--model", "fake", "--subject", "1", *FAST]) == 0
+    folder = runroot.fit_dir(root, "fake", "subj01")
+    return root, folder, (folder / FIT_JSON).read_text(), subject
+
+
+def _fit(root, *extra):
+    return cli.main(["--run-root", str(root), "fit", "--model", "fake", "--subject", "1", *FAST, *extra])
+
+
+def _intact(root, folder, text):
+    assert (folder / FIT_JSON).read_text() == text
+    FitResult.load(folder)                                    # table and header readable
+    assert [item.source for item in discover_inputs(root)] == [folder]   # the only fit a report sees
+
+
+def test_a_refit_with_bad_layers_keeps_the_finished_fit(finished, capsys):
+    root, folder, text, _ = finished
+    assert _fit(root, "--layers", "block9") != 0
+    assert "block9" in capsys.readouterr().err
+    _intact(root, folder, text)
+
+
+def test_a_refit_killed_during_training_keeps_the_finished_fit_and_stays_resumable(finished, monkeypatch):
+    root, folder, text, _ = finished
+    interrupt_after_first_checkpoint(monkeypatch)
+    with pytest.raises(Killed):
+        _fit(root, "--epochs", "2")
+    _intact(root, folder, text)
+    assert (folder / fit_command.CHECKPOINT_FOLDER).is_dir()   # the interrupted re-fit can resume
+
+
+def test_a_fit_with_non_finite_scores_is_refused_and_the_previous_one_kept(finished, monkeypatch, capsys):
+    """NaN features (e.g. a damaged chunk) make the training loss NaN: one line, nothing written or replaced."""
+    root, folder, text, subject = finished
+    real = FitResult.save
+    monkeypatch.setattr(FitResult, "save", lambda self, directory: pytest.fail("a NaN fit was written"))
+    from stages.fit import streaming
+
+    original = streaming._FeatureSourceBase._read
+
+    def poisoned(self, positions):
+        batch = original(self, positions)
+        batch.local[0][:] = np.nan
+        return batch
+
+    monkeypatch.setattr(streaming._FeatureSourceBase, "_read", poisoned)
+    capsys.readouterr()
+    assert _fit(root) != 0
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "NaN" in message and "previous fit is kept" in message
+    monkeypatch.setattr(FitResult, "save", real)
+    _intact(root, folder, text)
+
+
+def test_a_successful_refit_replaces_the_fit_and_leaves_no_staging(finished):
+    root, folder, text, _ = finished
+    assert _fit(root, "--seed", "3") == 0
+    record = json.loads((folder / FIT_JSON).read_text())
+    assert record["config"]["seed"] == 3 and (folder / VERTEX_TABLE).is_file()
+    assert not (folder / fit_command.CHECKPOINT_FOLDER).exists()
+    assert list((root / STAGING_FOLDER).iterdir()) == []
+    assert [item.source for item in discover_inputs(root)] == [folder]
+
+
+def test_non_finite_scores_are_named_in_one_line():
+    check_finite_scores({"mean_r2_val": 0.1, "mean_r2_test": 0.2}, what="fit")
+    with pytest.raises(InvalidInputError) as caught:
+        check_finite_scores({"mean_r2_val": float("nan"), "mean_r2_test": 0.2}, what="fit of subj01 on fake")
+    message = str(caught.value)
+    assert message.startswith("fit of subj01 on fake: mean_r2_val = nan") and "\n" not in message

@@ -1,0 +1,88 @@
+"""A damaged feature store is never trusted: missing, altered or truncated chunks are found and extracted again,
+and a reader that meets one stops with one line naming the store, array and chunk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cache.errors import DamagedStoreError
+from cache.integrity import damaged_chunks
+from cache.store import FeatureStore
+from pipeline import cli, runroot
+
+MODEL = "timm:test_vit"
+
+
+@pytest.fixture(autouse=True)
+def only_stage_one_commands(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pipeline.commands.demo_images", "pipeline.commands.features"))
+
+
+def _features(run_root: Path, *extra: str) -> int:
+    return cli.main(["--run-root", str(run_root), "features", "--model", MODEL, "--random-init", "--no-progress",
+                     "--chunk-images", "4", *extra])
+
+
+@pytest.fixture()
+def finished(tmp_path: Path) -> tuple[Path, FeatureStore, np.ndarray]:
+    """A finished 8-image store (2 chunks) and every image's first-layer local features."""
+    assert cli.main(["--run-root", str(tmp_path), "demo-images", "--count", "8", "--size", "40"]) == 0
+    assert _features(tmp_path) == 0
+    store = FeatureStore.open(runroot.feature_store_path(tmp_path, "demo", MODEL))
+    return tmp_path, store, store.read(store.image_ids.tolist()).local[0]
+
+
+def _chunk_file(store: FeatureStore, chunk: int) -> Path:
+    array = next(iter(store.feature_arrays().values()))
+    return store.path / array.path / array.metadata.chunk_key_encoding.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))
+
+
+def _all_local(store_path: Path) -> np.ndarray:
+    store = FeatureStore.open(store_path)
+    return store.read(store.image_ids.tolist()).local[0]
+
+
+def test_a_deleted_chunk_file_is_found_and_extracted_again(finished, capsys):
+    run_root, store, before = finished
+    _chunk_file(store, 1).unlink()
+    assert list(damaged_chunks(store)) == [1]
+    capsys.readouterr()
+    assert _features(run_root) == 0
+    err = capsys.readouterr().err
+    assert "1 damaged chunk(s)" in err and "is missing" in err and "up to date" not in err
+    np.testing.assert_array_equal(_all_local(store.path), before)       # same seed: the same features
+    assert damaged_chunks(FeatureStore.open(store.path), full=True) == {}
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_an_altered_or_truncated_chunk_stops_a_reader_in_one_line_and_verify_repairs_it(finished, capsys, damage):
+    run_root, store, before = finished
+    path = _chunk_file(store, 0)
+    data = bytearray(path.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2:len(data) // 2 + 16] = bytes(b ^ 0xFF for b in data[len(data) // 2:len(data) // 2 + 16])
+    else:
+        data = data[:len(data) // 2]
+    path.write_bytes(bytes(data))
+    with pytest.raises(DamagedStoreError) as caught:
+        FeatureStore.open(store.path).read(store.image_ids.tolist())
+    message = str(caught.value)
+    assert "\n" not in message and str(store.path) in message and "chunk 0" in message and "--verify" in message
+    assert list(damaged_chunks(FeatureStore.open(store.path), full=True)) == [0]
+    capsys.readouterr()
+    assert _features(run_root, "--verify") == 0
+    assert "1 damaged chunk(s)" in capsys.readouterr().err
+    np.testing.assert_array_equal(_all_local(store.path), before)
+
+
+def test_an_intact_store_is_up_to_date_after_either_check(finished, capsys):
+    run_root, _, _ = finished
+    capsys.readouterr()
+    assert _features(run_root) == 0
+    err = capsys.readouterr().err
+    assert "up to date" in err and "every chunk file present" in err
+    assert _features(run_root, "--verify") == 0
+    assert "every chunk decoded and finite" in capsys.readouterr().err
