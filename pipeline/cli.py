@@ -8,11 +8,15 @@ line on stderr and exit status 2; anything else is a bug and keeps its traceback
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import shutil
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from cache.errors import BddnError
+from pipeline import runroot
 
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMAND_MODULES = (
@@ -59,6 +63,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bddn {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"bddn {args.command}: error: {no_space_message(error, args)}", file=sys.stderr)
+        return 2
+
+
+def no_space_message(error: OSError, args: argparse.Namespace) -> str:
+    """One line for a full disk: where, how much is free now, and that finished work is kept."""
+    run_root = runroot.resolve_run_root(getattr(args, "run_root", None))
+    where = error.filename or run_root
+    probe = Path(where)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free / 1e9 if probe.exists() else float("nan")
+    return (f"no space left on the device while writing {where} ({free:.2f} GB free there); free space or point "
+            f"--run-root at a larger disk and rerun: finished chunks and fits are kept, and the run resumes")
 
 
 if __name__ == "__main__":

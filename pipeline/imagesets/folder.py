@@ -41,6 +41,7 @@ such a chunk complete.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +52,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cache.errors import InvalidInputError, MissingInputError
+from cache.folder import SHOWN
 from stages.features.image_source import ImageSource
+
+log = logging.getLogger(__name__)
 
 #: Smallest accepted image side in pixels: smaller images carry too little for a 224 px model input.
 MIN_SIDE = 16
@@ -86,8 +90,13 @@ def list_image_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise MissingInputError(f"image folder {folder} does not exist (or is not a folder); "
                                 "pass an existing folder of images, or run `bddn demo-images` for the demo set")
-    files = sorted((path for path in folder.iterdir() if path.is_file() and not path.name.startswith(".")
-                    and path.suffix.lower() in IMAGE_SUFFIXES), key=lambda path: path.name)
+    named = [path for path in folder.iterdir() if not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES]
+    files = sorted((path for path in named if path.is_file()), key=lambda path: path.name)
+    skipped = sorted(path.name for path in named if not path.is_file())
+    if skipped:   # dangling or looping links, folders named like images
+        log.warning("image folder %s: skipped %d entr%s named like images that are not readable files "
+                    "(dangling links, link loops or folders): %s", folder, len(skipped),
+                    "y" if len(skipped) == 1 else "ies", ", ".join(skipped[:SHOWN]))
     if not files:
         raise InvalidInputError(f"image folder {folder} holds no image files (suffixes {', '.join(IMAGE_SUFFIXES)}); "
                                 "put the images directly inside it")
@@ -105,9 +114,13 @@ def stable_image_id(path: Path) -> str:
     if match:
         return f"{match.group(1)}-{int(match.group(2)):05d}"
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    except OSError as error:   # its id is its content: an unreadable file has none
+        raise InvalidInputError(f"image {path} cannot be read ({error.strerror or error}); its id is a hash of its "
+                                "content, so fix its permissions or remove it from the folder") from error
     return "sha256-" + digest.hexdigest()[:16]
 
 

@@ -40,11 +40,21 @@ def finite_vertices(arrays: list[np.ndarray], *, where: str, block: int = 4096) 
     """
     n_vertices = arrays[0].shape[1]
     keep = np.ones(n_vertices, dtype=bool)
+    empty_rows = []   # per array, the rows with no finite value at all
     for array in arrays:
+        row_has_value = np.zeros(array.shape[0], dtype=bool)
         for start in range(0, n_vertices, block):
-            keep[start:start + block] &= np.isfinite(array[:, start:start + block]).all(axis=0)
+            finite = np.isfinite(array[:, start:start + block])
+            keep[start:start + block] &= finite.all(axis=0)
+            row_has_value |= finite.any(axis=1)
+        empty_rows.append(np.flatnonzero(~row_has_value))
     n_dropped = int((~keep).sum())
     if n_dropped == n_vertices:
+        rows = [(index, bad) for index, bad in enumerate(empty_rows) if 0 < bad.size < arrays[index].shape[0]]
+        if rows:
+            described = "; ".join(f"array {index}: {bad.size} row(s), first {bad[:5].tolist()}" for index, bad in rows)
+            raise InvalidInputError(f"{where}: whole image rows are NaN/Inf ({described}), which leaves no vertex "
+                                    "with finite responses; remove those rows (and their images) or fill them")
         raise InvalidInputError(f"{where}: every one of the {n_vertices} vertices has NaN/Inf responses "
                                 "(an all-NaN vertex set); no usable vertex is left")
     if n_dropped:

@@ -106,10 +106,16 @@ def restore_checkpoint(directory: Path, *, identity: dict[str, Any], model: torc
     try:
         record = json.loads((directory / CHECKPOINT_JSON).read_text())
     except json.JSONDecodeError as error:
-        raise InvalidInputError(f"{directory / CHECKPOINT_JSON} is not valid JSON ({error}); delete {directory} "
-                                "to start the fit afresh") from error
+        raise InvalidInputError(f"{directory / CHECKPOINT_JSON} is not valid JSON ({error}); rerun with --restart "
+                                f"(or delete {directory}) to start the fit afresh") from error
     _check_identity(directory, record["identity"], identity)
-    tensors = load_file(str(directory / record["tensors"]))
+    tensors_path = directory / record["tensors"]
+    try:
+        tensors = load_file(str(tensors_path))
+    except Exception as error:   # safetensors' own error type for a truncated or altered file, or OSError
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise InvalidInputError(f"checkpoint {tensors_path} cannot be read ({reason}): it is truncated or damaged; "
+                                f"rerun with --restart to discard it and start the fit afresh") from error
     device = next(model.parameters()).device
     model.load_state_dict({k[len("model."):]: v.to(device) for k, v in tensors.items() if k.startswith("model.")})
     best = {k[len("best."):]: v.to(device) for k, v in tensors.items() if k.startswith("best.")}

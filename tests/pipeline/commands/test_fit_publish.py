@@ -95,3 +95,21 @@ def test_non_finite_scores_are_named_in_one_line():
         check_finite_scores({"mean_r2_val": float("nan"), "mean_r2_test": 0.2}, what="fit of subj01 on fake")
     message = str(caught.value)
     assert message.startswith("fit of subj01 on fake: mean_r2_val = nan") and "\n" not in message
+
+
+def test_a_truncated_checkpoint_is_one_line_naming_the_file_and_restart_recovers(finished, monkeypatch, capsys):
+    root, folder, text, _ = finished
+    interrupt_after_first_checkpoint(monkeypatch)
+    with pytest.raises(Killed):
+        _fit(root, "--epochs", "2")
+    monkeypatch.undo()
+    monkeypatch.setattr(fit_command, "load_subject", lambda *args, **kwargs: finished[3])
+    tensors = next((folder / fit_command.CHECKPOINT_FOLDER).glob("*.safetensors"))
+    tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
+    capsys.readouterr()
+    assert _fit(root, "--epochs", "2") != 0
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and str(tensors) in message and "--restart" in message
+    _intact(root, folder, text)
+    assert _fit(root, "--epochs", "2", "--restart") == 0
+    assert json.loads((folder / FIT_JSON).read_text())["config"]["epochs"] == 2

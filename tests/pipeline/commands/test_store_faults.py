@@ -86,3 +86,26 @@ def test_an_intact_store_is_up_to_date_after_either_check(finished, capsys):
     assert "up to date" in err and "every chunk file present" in err
     assert _features(run_root, "--verify") == 0
     assert "every chunk decoded and finite" in capsys.readouterr().err
+
+
+def test_a_full_disk_during_extraction_is_one_line_and_the_run_resumes(tmp_path, monkeypatch, capsys):
+    """ENOSPC on the second chunk: one line naming the problem, the first chunk kept, a rerun finishes the rest."""
+    import errno
+
+    assert cli.main(["--run-root", str(tmp_path), "demo-images", "--count", "8", "--size", "40"]) == 0
+    real = FeatureStore.write_chunk
+
+    def full_after_first(self, chunk, **kwargs):
+        if chunk == 1:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path / "local_layer_00_g8"))
+        return real(self, chunk, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "write_chunk", full_after_first)
+    capsys.readouterr()
+    assert _features(tmp_path) == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no space left on the device while writing" in message and "GB free there" in message
+    store = FeatureStore.open(runroot.feature_store_path(tmp_path, "demo", MODEL))
+    assert store.pending_chunks() == [1]
+    monkeypatch.setattr(FeatureStore, "write_chunk", real)
+    assert _features(tmp_path) == 0 and FeatureStore.open(store.path).is_complete()

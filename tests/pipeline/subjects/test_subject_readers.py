@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cache.errors import InvalidInputError
 from pipeline.subjects import list_subject_readers, load_subject
+from pipeline.subjects.assemble import finite_vertices
 from pipeline.surfaces import load_mesh
 from stages.subject import MESH_VERTICES, SPLIT_NAMES, Subject
 from subject_folders import SUBJECT_FOLDERS, SubjectFolder
@@ -121,3 +123,13 @@ def test_mask_keeps_exactly_the_vertices_of_an_roi(kind: str, folder: SubjectFol
 
 def test_every_folder_writer_belongs_to_a_registered_reader() -> None:
     assert set(SUBJECT_FOLDERS) <= set(KINDS), sorted(set(SUBJECT_FOLDERS) - set(KINDS))
+
+
+def test_whole_nan_rows_are_named_as_rows_not_as_every_vertex():
+    """Two NaN image rows make every vertex column non-finite; the message says which rows, not 'every vertex'."""
+    responses = np.ones((6, 10), dtype=np.float32)
+    responses[[1, 4]] = np.nan
+    with pytest.raises(InvalidInputError) as caught:
+        finite_vertices([responses], where="subj01/train.npy", block=3)
+    message = str(caught.value)
+    assert "whole image rows are NaN/Inf" in message and "first [1, 4]" in message and "every one of" not in message
