@@ -24,6 +24,8 @@ from cache.schema import (
 )
 
 SHOWN = 5  # how many ids or chunks an error message lists before summarising
+#: Array of per-image content digests (``sha256:<hex>`` of each file's bytes), written by ``bddn features``.
+IMAGE_DIGEST = "image_digest"
 #: The codec of every feature array, as recorded in the schema record.
 CODEC = "zstd(level=1)+crc32c"
 

@@ -23,7 +23,7 @@ import zarr
 
 from cache.batches import FeatureBatch, BlockReader, iter_feature_batches, read_features
 from cache.errors import IncompleteStoreError, InvalidInputError, MissingInputError, StoreMismatchError
-from cache.folder import SHOWN, build_store, describe_id_changes, probe_store, remove_store, validated_ids
+from cache.folder import IMAGE_DIGEST, SHOWN, build_store, describe_id_changes, probe_store, remove_store, validated_ids
 from cache.provenance import hash_strings
 from cache.schema import (
     DEFAULT_GRID, FORMAT_VERSION, PROVENANCE_KEY, SCHEMA_KEY, StoreLayout, describe_differences, global_array_name,
@@ -210,7 +210,36 @@ class FeatureStore:
 
     def feature_arrays(self) -> dict[str, zarr.Array]:
         """Every local and global feature array, by name."""
-        return {name: array for name, array in self._arrays.items() if name not in ("chunk_done", "image_id")}
+        return {name: array for name, array in self._arrays.items()
+                if name not in ("chunk_done", "image_id", IMAGE_DIGEST)}
+
+    # ---------------------------------------------------------- image content
+    def image_digests(self) -> np.ndarray | None:
+        """Each image's recorded content digest (str array in row order), or None for a store made before
+        digests were recorded."""
+        array = self._arrays.get(IMAGE_DIGEST)
+        return None if array is None else np.asarray(array[:].tolist(), dtype=str)
+
+    def changed_rows(self, digests: Sequence[str]) -> np.ndarray | None:
+        """Rows whose image content differs from the recorded digest (int64, ascending), or None when none is
+        recorded yet."""
+        recorded = self.image_digests()
+        if recorded is None:
+            return None
+        return np.flatnonzero(recorded != np.asarray(digests, dtype=str)).astype(np.int64)
+
+    def record_image_digests(self, digests: Sequence[str]) -> None:
+        """Record one content digest per image (row order), creating the array in a store that lacks it."""
+        values = np.asarray(digests, dtype=str)
+        if values.shape != (self.n_images,):
+            raise InvalidInputError(f"{self.path}: {values.size} image digests for {self.n_images} images")
+        if IMAGE_DIGEST not in self._arrays:
+            group = zarr.open_group(self.path, mode="r+")
+            self._arrays[IMAGE_DIGEST] = group.create_array(
+                IMAGE_DIGEST, shape=(self.n_images,), chunks=(self.chunk_images,), dtype=str,
+                dimension_names=("image",),
+                attributes={"description": "sha256 of each image file's bytes when its features were extracted"})
+        self._arrays[IMAGE_DIGEST][:] = values
 
     def is_complete(self) -> bool:
         """True when every block's data and completion record are written."""

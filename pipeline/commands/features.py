@@ -15,7 +15,7 @@ from cache.integrity import damaged_chunks
 from cache.store import FeatureStore
 from pipeline import runroot
 from pipeline.config import build_config, given_flags, load_toml, precision_flag
-from pipeline.imagesets.folder import image_source_from_folder, validate_images
+from pipeline.imagesets.folder import file_digests, image_source_from_folder, validate_images
 from stages.device import PRECISIONS
 from stages.features.extract import ExtractConfig, extract_features, store_layout, store_provenance, tune_allocator
 from stages.features.scaleout import extract_features_distributed
@@ -108,10 +108,15 @@ def run(args: argparse.Namespace) -> int:
     path = runroot.feature_store_path(run_root, imageset, args.model)
     create = functools.partial(FeatureStore.create, path, image_ids=images.image_ids, layout=store_layout(model, cfg),
                                provenance=provenance, overwrite=args.overwrite)
+    digests = file_digests([folder / name for name in images.names], workers=max(1, cfg.decode_workers))
     existing = create() if path.exists() and not args.overwrite else None  # reopens a matching store, else raises
+    if existing is not None:
+        _reopen_changed_images(existing, images.names, digests)
     if existing is not None and existing.is_complete():
         damaged = damaged_chunks(existing, full=args.verify)
         if not damaged:
+            if existing.image_digests() is None:   # a store from before digests were kept: start keeping them
+                existing.record_image_digests(digests)
             checked = "every chunk decoded and finite" if args.verify else "every chunk file present"
             print(f"features up to date: {path} ({len(images)} images; {checked})", file=sys.stderr)
             return 0
@@ -121,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         existing.reopen_chunks(list(damaged))
     validate_images(images, workers=max(1, cfg.decode_workers))  # every file decodes, before any store is made
     store = create()
+    store.record_image_digests(digests)
     print(f"features: {args.model} on {len(images)} images ({imageset}), {len(store.pending_chunks())}/"
           f"{store.n_chunks} chunks to compute -> {store.path}", file=sys.stderr)
     if args.workers is None and args.scheduler is None:
@@ -129,6 +135,18 @@ def run(args: argparse.Namespace) -> int:
         report = _run_on_cluster(args, request, images, store, cfg)
     print(f"features done: {report}; store {store.path}", file=sys.stderr)
     return 0
+
+
+def _reopen_changed_images(store: FeatureStore, names: tuple[str, ...], digests: list[str]) -> None:
+    """Images whose file content changed since their features were extracted: their chunks are computed again."""
+    changed = store.changed_rows(digests)
+    if changed is None or not changed.size:
+        return
+    chunks = sorted({int(row) // store.chunk_images for row in changed})
+    shown = ", ".join(names[row] for row in changed[:SHOWN])
+    print(f"features: {changed.size} image(s) changed since their features were extracted ({shown}); their "
+          f"{len(chunks)} chunk(s) of {store.path} will be extracted again", file=sys.stderr)
+    store.reopen_chunks(chunks)
 
 
 def _run_on_cluster(args: argparse.Namespace, request: ModelRequest, images: Any, store: FeatureStore,

@@ -113,15 +113,30 @@ def stable_image_id(path: Path) -> str:
     match = _ID_PATTERN.search(path.stem)
     if match:
         return f"{match.group(1)}-{int(match.group(2)):05d}"
+    return "sha256-" + file_digest(path)[len("sha256:"):][:16]
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes: an image's content identity (its id when its name carries none, and
+    the store's record of what was extracted).
+
+    Raises InvalidInputError naming the file when it cannot be read.
+    """
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
             while block := handle.read(1 << 20):
                 digest.update(block)
-    except OSError as error:   # its id is its content: an unreadable file has none
-        raise InvalidInputError(f"image {path} cannot be read ({error.strerror or error}); its id is a hash of its "
-                                "content, so fix its permissions or remove it from the folder") from error
-    return "sha256-" + digest.hexdigest()[:16]
+    except OSError as error:
+        raise InvalidInputError(f"image {path} cannot be read ({error.strerror or error}); fix its permissions or "
+                                "remove it from the folder") from error
+    return "sha256:" + digest.hexdigest()
+
+
+def file_digests(paths: Sequence[Path], *, workers: int = 2) -> list[str]:
+    """:func:`file_digest` of every path, in order (hashed in ``workers`` threads: hashlib releases the GIL)."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return list(pool.map(file_digest, paths))
 
 
 def decode_image(path: Path) -> Image.Image:

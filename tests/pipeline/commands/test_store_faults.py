@@ -109,3 +109,22 @@ def test_a_full_disk_during_extraction_is_one_line_and_the_run_resumes(tmp_path,
     assert store.pending_chunks() == [1]
     monkeypatch.setattr(FeatureStore, "write_chunk", real)
     assert _features(tmp_path) == 0 and FeatureStore.open(store.path).is_complete()
+
+
+def test_an_image_whose_content_changed_is_extracted_again(finished, capsys):
+    """Same file name, new pixels: the store notices by content, re-extracts that image's chunk, and the new
+    features are those of the new pixels (the other chunk is untouched)."""
+    from PIL import Image
+
+    run_root, store, before = finished
+    image = run_root / "imagesets" / "demo" / "demo-00005.png"
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(image)
+    capsys.readouterr()
+    assert _features(run_root) == 0
+    err = capsys.readouterr().err
+    assert "1 image(s) changed" in err and "demo-00005.png" in err and "up to date" not in err
+    after = _all_local(store.path)
+    np.testing.assert_array_equal(after[:4], before[:4])
+    assert not np.array_equal(after[5], before[5])
+    assert _features(run_root) == 0
+    assert "up to date" in capsys.readouterr().err

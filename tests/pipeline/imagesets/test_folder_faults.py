@@ -38,4 +38,5 @@ def test_an_unreadable_image_with_a_content_id_is_one_line(tmp_path, monkeypatch
     monkeypatch.setattr(folder_module, "open", refuse, raising=False)
     with pytest.raises(InvalidInputError) as caught:
         stable_image_id(path)
-    assert str(caught.value).startswith(f"image {path} cannot be read (Permission denied)")
+    message = str(caught.value)
+    assert message.startswith(f"image {path} cannot be read (Permission denied)") and "\n" not in message
