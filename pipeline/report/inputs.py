@@ -9,6 +9,7 @@ synthetic subject's own loader.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from pipeline.synthetic.layout import TRUTH_TABLE, load_planted_truth
 from stages.fit.result import FIT_JSON, FitResult
 from stages.fit.weights_file import read_fit_weights
 from stages.mesh import CorticalMesh
+
+log = logging.getLogger(__name__)
 
 
 
@@ -52,6 +55,11 @@ def discover_inputs(run_root: Path, paths: Sequence[str | Path] = ()) -> list[Re
         return [load_input(Path(path)) for path in paths]
     fits = run_root / "fits"
     found = sorted(p.parent for pattern in (f"*/*/{FIT_JSON}", f"*/*/*/{FIT_JSON}") for p in fits.glob(pattern))
+    unfinished = sorted(str(folder.relative_to(fits)) for folder in fits.glob("*/*") if folder.is_dir()
+                        and not (folder / FIT_JSON).is_file() and not any(folder.glob(f"*/{FIT_JSON}")))
+    if unfinished:
+        log.warning("%s: %d fit folder(s) without %s are not reported (interrupted or failed fits; rerun `bddn fit` "
+                    "to resume them): %s", fits, len(unfinished), FIT_JSON, ", ".join(unfinished[:5]))
     found += sorted(p.parent for p in synthetic_root(run_root).glob(f"*/{TRUTH_TABLE}"))
     return [load_input(path) for path in found]
 

@@ -8,8 +8,12 @@ grids (``stages.features.token_grids``) and cast to the store dtype; finished im
 
 Batches never cross a chunk boundary: chunk ``c`` is always cut into the same
 batches (``batch_size`` rows, the last one shorter), so a resumed run, a dask
-worker and an uninterrupted run compute every row in an identical batch and the
-stored arrays are bit-identical. Only pending chunks are computed; a chunk whose
+worker and an uninterrupted run compute every row in an identical batch. With the
+same number of torch threads the stored arrays are bit-identical (a resumed run; a
+dask worker against a one-thread run). With different thread counts (dask workers run
+one thread each, a process uses every core) the CPU kernels split their sums
+differently, so values agree only to rounding: within 2 units in the last place of the
+store dtype (tested). Only pending chunks are computed; a chunk whose
 images fail to decode is never marked complete, and the run ends with one
 InvalidInputError listing those files after the other chunks are written.
 """

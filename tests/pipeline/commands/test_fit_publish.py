@@ -113,3 +113,15 @@ def test_a_truncated_checkpoint_is_one_line_naming_the_file_and_restart_recovers
     _intact(root, folder, text)
     assert _fit(root, "--epochs", "2", "--restart") == 0
     assert json.loads((folder / FIT_JSON).read_text())["config"]["epochs"] == 2
+
+
+def test_a_report_names_the_fit_folders_it_cannot_show(finished, caplog):
+    """An interrupted fit (a folder with only its checkpoint) is not silently left out of a report."""
+    import logging
+
+    root, folder, text, _ = finished
+    (root / "fits" / "fake" / "subj02" / fit_command.CHECKPOINT_FOLDER).mkdir(parents=True)
+    with caplog.at_level(logging.WARNING):
+        found = discover_inputs(root)
+    assert [item.source for item in found] == [folder]
+    assert "1 fit folder(s) without fit.json" in caplog.text and "fake/subj02" in caplog.text

@@ -74,3 +74,26 @@ def test_two_workers_give_the_one_process_store(tmp_path: Path) -> None:
     assert sorted(expected) == sorted(got)
     for name in expected:
         np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
+
+
+def test_other_thread_counts_agree_within_two_float16_ulps(tmp_path: Path) -> None:
+    """What the module docs promise for a dask worker (one thread) against a process using every core: the
+    same batches, values equal up to 2 units in the last place of the float16 store."""
+    images = image_source_from_folder(write_demo_images(tmp_path / "images", count=8, size=40).folder)
+    cfg = ExtractConfig(chunk_images=4, batch_size=4, grids=(8,), decode_workers=1)
+    threads = torch.get_num_threads()
+    stores = {}
+    for count in (1, max(2, threads)):
+        torch.set_num_threads(count)
+        try:
+            stores[count] = _create(tmp_path / f"threads{count}.zarr", images, cfg)
+            extract_features(load_requested_model(REQUEST), images, stores[count], cfg, progress=False)
+        finally:
+            torch.set_num_threads(threads)
+    one, many = (_arrays(store.path) for store in stores.values())
+    for name in one:
+        if name in ("chunk_done", "image_id"):
+            continue
+        a, b = one[name].astype(np.float32), many[name].astype(np.float32)
+        ulp = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float16)).astype(np.float32)
+        assert np.all(np.abs(a - b) <= 2 * ulp), name
