@@ -26,6 +26,17 @@ from cache.schema import (
 SHOWN = 5  # how many ids or chunks an error message lists before summarising
 #: Array of per-image content digests (``sha256:<hex>`` of each file's bytes), written by ``bddn features``.
 IMAGE_DIGEST = "image_digest"
+#: Array of each finished chunk's file size per feature array (bytes; 0 = not recorded), shape
+#: (n_chunks, n_feature_arrays) in sorted array-name order: lets a cheap check catch truncated files.
+CHUNK_BYTES = "chunk_bytes"
+#: Arrays of a store that hold no features.
+RECORD_ARRAYS = ("chunk_done", "image_id", IMAGE_DIGEST, CHUNK_BYTES)
+
+
+def chunk_file(store_path: Path, array: Any, chunk: int) -> Path:
+    """The file holding image block ``chunk`` of ``array`` in a store on the local file system."""
+    key = array.metadata.chunk_key_encoding.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))
+    return Path(store_path) / array.path / key
 #: The codec of every feature array, as recorded in the schema record.
 CODEC = "zstd(level=1)+crc32c"
 
@@ -70,6 +81,11 @@ def build_store(path: Path, *, ids: list[str], layout: StoreLayout, provenance: 
     group.create_array("chunk_done", shape=(n_chunks_for(n_images, rows),), chunks=(1,), dtype="uint8",
                        fill_value=0, dimension_names=("chunk",),
                        attributes={"description": "1 once the image block's data is fully written"})
+    n_feature_arrays = n_layers * (len(layout.grids) + 1)
+    group.create_array(CHUNK_BYTES, shape=(n_chunks_for(n_images, rows), n_feature_arrays),
+                       chunks=(1, n_feature_arrays), dtype="int64", fill_value=0, dimension_names=("chunk", "array"),
+                       attributes={"description": "file size of each finished chunk, per feature array in sorted "
+                                                  "name order (0 = not recorded)"})
     id_array = group.create_array("image_id", shape=(n_images,), chunks=(rows,), dtype=str,
                                   dimension_names=("image",))
     id_array[:] = np.asarray(ids, dtype=str)

@@ -5,7 +5,8 @@ file deleted, truncated, or altered on disk) would otherwise read back as NaN or
 Two checks, both returning the damaged image blocks with the reason:
 
 * ``full=False`` (every ``bddn features`` run on a finished store, ~a file-system ``stat``
-  per array and chunk): every finished chunk of every feature array has a non-empty file;
+  per array and chunk): every finished chunk of every feature array has a file of the
+  size recorded when it was written (missing, empty and truncated files);
 * ``full=True`` (``bddn features --verify``): every finished chunk also decodes (each
   compressed chunk carries a CRC-32C checksum, ``cache.folder.feature_compressors``) and
   holds only finite values (an unwritten chunk reads as NaN, the fill value).
@@ -18,18 +19,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from cache.folder import chunk_file
 from cache.store import FeatureStore
 
 
 def damaged_chunks(store: FeatureStore, *, full: bool = False) -> dict[int, str]:
     """Finished image blocks of ``store`` that are missing or damaged -> the first problem found in each."""
-    finished = [chunk for chunk in range(store.n_chunks) if chunk not in set(store.pending_chunks())]
+    pending = set(store.pending_chunks())
+    finished = [chunk for chunk in range(store.n_chunks) if chunk not in pending]
+    recorded = store.recorded_chunk_bytes()
     found: dict[int, str] = {}
-    for name, array in store.feature_arrays().items():
+    for column, (name, array) in enumerate(sorted(store.feature_arrays().items())):
         for chunk in finished:
             if chunk in found:
                 continue
-            problem = _chunk_file_problem(store, array, chunk)
+            expected = int(recorded[chunk, column]) if recorded is not None else 0
+            problem = _chunk_file_problem(store, array, chunk, expected)
             if problem is None and full:
                 problem = _chunk_content_problem(store, array, chunk)
             if problem is not None:
@@ -37,16 +42,19 @@ def damaged_chunks(store: FeatureStore, *, full: bool = False) -> dict[int, str]
     return dict(sorted(found.items()))
 
 
-def _chunk_file_problem(store: FeatureStore, array, chunk: int) -> str | None:
-    """Why the chunk's file is unusable (absent or empty), or None; only local stores have files to check."""
-    key = array.metadata.chunk_key_encoding.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))
-    path = store.path / array.path / key
+def _chunk_file_problem(store: FeatureStore, array, chunk: int, expected: int) -> str | None:
+    """Why the chunk's file is unusable (absent, empty, or not the size written), or None; only local stores
+    have files to check."""
     if not store.path.is_dir():
         return None
+    path = chunk_file(store.path, array, chunk)
     if not path.is_file():
         return f"chunk file {path} is missing"
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         return f"chunk file {path} is empty"
+    if expected and size != expected:
+        return f"chunk file {path} has {size} bytes, {expected} were written"
     return None
 
 

@@ -8,13 +8,21 @@ images only with the same ``chunk_images`` rows per chunk:
 - ``global_layer_{i}``: shape (n_images, n_channels_i).
 - ``chunk_done``: uint8, shape (n_chunks,), one value per zarr chunk; 1 once that image
   block's data is fully written.
+- ``chunk_bytes``: int64, shape (n_chunks, n_feature_arrays); each finished block's file
+  size per feature array (sorted names), so a truncated file is found without decoding it.
+- ``image_digest``: strings, shape (n_images,); ``sha256:<hex>`` of each image file's bytes
+  when its features were extracted (written by ``bddn features``), so a changed image is found.
+
+Feature chunks are compressed with zstd and carry a CRC-32C checksum (``cache.folder``);
+``cache.integrity`` checks a finished store. Stores made before ``chunk_bytes``,
+``image_digest`` or the checksum existed still open; those checks are skipped for them.
 
 Every array carries Zarr v3 ``dimension_names``: ``image``, ``channel_{i}`` (channel
 widths differ between layers, so each layer has its own channel dimension),
 ``grid{g}_y``/``grid{g}_x`` and ``chunk``, so ``xarray.open_zarr`` labels them.
 
-Because every array shares the same image blocks (and ``chunk_done`` has one zarr
-chunk per block), two processes writing different blocks never touch the same file:
+Because every array shares the same image blocks (and ``chunk_done`` and ``chunk_bytes``
+have one zarr chunk per block), two processes writing different blocks never touch the same file:
 no locks are needed.
 """
 

@@ -23,7 +23,7 @@ import zarr
 
 from cache.batches import FeatureBatch, BlockReader, iter_feature_batches, read_features
 from cache.errors import IncompleteStoreError, InvalidInputError, MissingInputError, StoreMismatchError
-from cache.folder import IMAGE_DIGEST, SHOWN, build_store, describe_id_changes, probe_store, remove_store, validated_ids
+from cache.folder import CHUNK_BYTES, IMAGE_DIGEST, RECORD_ARRAYS, SHOWN, build_store, chunk_file, describe_id_changes, probe_store, remove_store, validated_ids
 from cache.provenance import hash_strings
 from cache.schema import (
     DEFAULT_GRID, FORMAT_VERSION, PROVENANCE_KEY, SCHEMA_KEY, StoreLayout, describe_differences, global_array_name,
@@ -211,7 +211,7 @@ class FeatureStore:
     def feature_arrays(self) -> dict[str, zarr.Array]:
         """Every local and global feature array, by name."""
         return {name: array for name, array in self._arrays.items()
-                if name not in ("chunk_done", "image_id", IMAGE_DIGEST)}
+                if name not in RECORD_ARRAYS}
 
     # ---------------------------------------------------------- image content
     def image_digests(self) -> np.ndarray | None:
@@ -286,9 +286,24 @@ class FeatureStore:
         with ThreadPoolExecutor(max_workers=min(MAX_WRITE_THREADS, len(targets), os.cpu_count() or 1),
                                 thread_name_prefix="feature-write") as pool:
             list(pool.map(lambda target: self._arrays[target[0]].__setitem__(rows, target[1]), targets))
+        self._record_chunk_bytes(chunk)
         self._arrays["chunk_done"][chunk] = 1
         if self._done is not None:
             self._done[chunk] = 1
+
+    def _record_chunk_bytes(self, chunk: int) -> None:
+        """Record the size of each feature array's file for ``chunk`` (local stores made with the record)."""
+        if CHUNK_BYTES not in self._arrays or not self.path.is_dir():
+            return
+        arrays = sorted(self.feature_arrays().items())
+        sizes = [chunk_file(self.path, array, chunk).stat().st_size for _, array in arrays]
+        self._arrays[CHUNK_BYTES][chunk] = np.asarray(sizes, dtype=np.int64)
+
+    def recorded_chunk_bytes(self) -> np.ndarray | None:
+        """Per chunk and feature array (sorted names), the file size recorded when it was written (0 = none),
+        or None for a store made without the record."""
+        array = self._arrays.get(CHUNK_BYTES)
+        return None if array is None else np.asarray(array[:])
 
     def _per_layer(self, arrays: Sequence[np.ndarray]) -> Sequence[np.ndarray]:
         if len(arrays) != self.n_layers:

@@ -166,7 +166,8 @@ def test_blocks_share_no_zarr_chunk_and_write_concurrently(tmp_path):
     store = create_store(tmp_path)
     group = zarr.open_group(store.path, mode="r")
     for name, array in group.arrays():
-        expected = (1,) if name == "chunk_done" else (store.chunk_images, *array.shape[1:])
+        expected = (1, *array.shape[1:]) if name in ("chunk_done", "chunk_bytes") else \
+            (store.chunk_images, *array.shape[1:])
         assert array.chunks == expected, name
     local, global_ = random_features(LAYOUT, len(IDS), dtype=np.float32)
     with ThreadPoolExecutor(3) as pool:
