@@ -10,6 +10,7 @@ from cache.errors import MissingInputError
 from pipeline import runroot
 from pipeline.config import build_config, given_flags, load_toml
 from pipeline.imagesets.folder import list_image_files
+from pipeline.publish import publish_entries
 from pipeline.report.inputs import discover_inputs, load_report_meshes
 from pipeline.report.output import write_report
 from stages.report.config import FORMATS, ReportConfig
@@ -75,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
     flat, inflated = load_report_meshes(inputs, subjects_dir=args.subjects_dir)
     command = "bddn --run-root " + str(run_root) + " figures " + " ".join(str(p) for p in args.fits)
     images = list_image_files(args.top_channels) if args.top_channels else []
-    page = write_report(runroot.figures_dir(run_root), inputs, flat, inflated, cfg, progress=not args.no_progress,
-                        reproduce=[command.strip()], images=images)
+    # written aside and swapped in only when complete: a failed run leaves the previous report as it was
+    page = publish_entries(runroot.figures_dir(run_root), run_root, lambda staged: write_report(
+        staged, inputs, flat, inflated, cfg, progress=not args.no_progress, reproduce=[command.strip()],
+        images=images), last="index.html")
     print(f"report: {page}", file=sys.stderr)
     return 0
 
