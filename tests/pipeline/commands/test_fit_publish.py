@@ -125,3 +125,21 @@ def test_a_report_names_the_fit_folders_it_cannot_show(finished, caplog):
         found = discover_inputs(root)
     assert [item.source for item in found] == [folder]
     assert "1 fit folder(s) without fit.json" in caplog.text and "fake/subj02" in caplog.text
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_finished_fit(finished, monkeypatch, capsys):
+    import errno
+
+    from stages.fit import train as train_module
+
+    root, folder, text, _ = finished
+
+    def full(directory, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(directory / "state.safetensors"))
+
+    monkeypatch.setattr(train_module, "save_checkpoint", full)
+    capsys.readouterr()
+    assert _fit(root) == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no space left on the device while writing" in message and "state.safetensors" in message
+    _intact(root, folder, text)
