@@ -13,7 +13,7 @@ from stages.fit.checkpoint import CHECKPOINT_JSON
 from stages.fit.config import FitConfig
 from stages.fit.factortopy import FactorTopy, FactorTopyConfig
 from stages.fit.multisubject import JOINT_METHOD, check_shared_positions, fit_factortopy_multi
-from stages.fit.train import fit_factortopy, interleaved_batches
+from stages.fit.train import build_optimiser, fit_factortopy, interleaved_batches
 from stages.fit.warmstart import fit_selectors
 from train_stubs import Killed, forbid_training, interrupt_after_first_checkpoint
 
@@ -177,3 +177,15 @@ def test_subjects_placing_a_vertex_apart_are_refused_until_given_one_offset(stor
     np.testing.assert_array_equal(shared[0].sphere_coords[[1, 2, 4, 5]], shared[1].sphere_coords[[0, 1, 3, 4]])
     np.testing.assert_array_equal(shared[0].sphere_coords[:3], own[0].sphere_coords[:3])  # left hemisphere unshifted
     check_shared_positions(shared)
+
+
+@pytest.mark.parametrize("n_subjects", [1, 3])
+def test_shared_selectors_learn_at_the_rate_of_one_read_out(n_subjects):
+    """A joint step trains one subject's read-out but every shared selector: their rates are divided by the
+    number of subjects, so per epoch they move as in a separate fit (at the full rate the scale selector
+    saturated at 'global' before the read-outs learned the local path). Read-outs keep the full rate."""
+    coords = [torch.randn(5, 3, generator=torch.Generator().manual_seed(k)) for k in range(n_subjects)]
+    model = FactorTopy(n_channels=[4, 6], grid=8, coords=coords, cfg=FactorTopyConfig())
+    cfg = FitConfig(lr=1e-2, selector_lr=1e-3, layer_lr=3e-3)
+    groups = build_optimiser(model, cfg).param_groups
+    assert [group["lr"] for group in groups] == pytest.approx([1e-2, 3e-3 / n_subjects, 1e-3 / n_subjects])
