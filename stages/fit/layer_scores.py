@@ -39,7 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from cache.store import FeatureStore
-from stages.fit.ridge_solver import RELATIVE_EIGENVALUE_FLOOR, KernelSpectrum, choose_alphas, loo_errors
+from stages.fit.ridge_solver import (
+    RELATIVE_EIGENVALUE_FLOOR, KernelSpectrum, choose_alphas, loo_errors, spectrum_from_kernel,
+)
 from stages.subject import Subject
 
 #: Accumulator memory one pass over the store may hold (bytes); more layers -> more passes. At
@@ -134,8 +136,7 @@ class _Statistics:
         """
         if self.primal:
             return gcv_scores(*self._primal_spectrum(), moments, alphas)
-        eigenvalues, basis = self._dual_spectrum()
-        spectrum = KernelSpectrum(basis=basis, eigenvalues=eigenvalues)
+        spectrum = self._dual_spectrum()
         best = np.empty(len(moments.mean))
         for start in range(0, len(best), VERTEX_BLOCK):
             columns = slice(start, start + VERTEX_BLOCK)
@@ -163,14 +164,12 @@ class _Statistics:
         del self.cross, self.gram
         return eigenvalues, coordinates
 
-    def _dual_spectrum(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eigenvalues and eigenvectors (float64, shape (n_images, k)) of the z-scored image kernel."""
+    def _dual_spectrum(self) -> KernelSpectrum:
+        """The spectrum of the z-scored image kernel (eigenvectors of shape (n_images, k))."""
         centred = self.rows.double() - self.sums / self.n
         del self.rows
         features = centred * self._column_scale((centred ** 2).sum(dim=0))
-        eigenvalues, basis = torch.linalg.eigh(features @ features.T)
-        keep = eigenvalues > RELATIVE_EIGENVALUE_FLOOR * eigenvalues.max().clamp_min(1e-300)
-        return eigenvalues[keep], basis[:, keep].contiguous()
+        return spectrum_from_kernel(features @ features.T)
 
 
 def gcv_scores(eigenvalues: torch.Tensor, coordinates: torch.Tensor, moments: ResponseMoments,

@@ -146,13 +146,13 @@ def fit_ridge(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> FitRes
     """
     grid = cfg.grid if cfg.grid is not None else (8 if 8 in store.grids else min(store.grids))
     layer_indices = check_inputs(store, subject, layers=cfg.layers, grid=grid, min_train=2)
-    return _fit(store, subject, cfg, method=cfg.method, layer_indices=layer_indices, grid=grid,
-                device=resolve_device(cfg.device))
+    return _fit(store, subject, cfg, layer_indices=layer_indices, grid=grid, device=resolve_device(cfg.device))
 
 
-def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, method: str, layer_indices: Sequence[int],
+def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, layer_indices: Sequence[int],
          grid: int, device: torch.device) -> FitResult:
-    """``method`` fitted on checked inputs: the store ``layer_indices`` at ``grid``, solved on ``device``."""
+    """``cfg.method`` fitted on checked inputs: the store ``layer_indices`` at ``grid``, solved on ``device``."""
+    method = cfg.method
     features = _features(store, subject, layer_indices=layer_indices, grid=grid, local_pool=cfg.local_pool,
                          batch_size=cfg.batch_size)
     layer_names = tuple(store.layer_names[i] for i in layer_indices)

@@ -17,22 +17,15 @@ from stages.fit.config import REFERENCE_PRESET, FitConfig
 from stages.fit.ridge import RidgeConfig
 from stages.fit.result import FIT_JSON, VERTEX_TABLE, FitResult
 from stages.fit.weights_file import WEIGHTS_FILE
+from cli_runs import FAST_FIT, fake_fit_root
 
-FAST = ["--epochs", "1", "--batch-size", "16", "--warm-start", "none", "--no-progress"]
+FAST = FAST_FIT
 
 
 @pytest.fixture()
 def run_root(tmp_path, monkeypatch, make_store, make_subject):
     root = tmp_path / "runs"
-    store = make_store(runroot.feature_store_path(root, "demo", "fake"))
-    subject, _ = make_subject(store, n_vertices=5)
-    calls = []
-
-    def fake_load_subject(data, subject_key, *, root, **kwargs):
-        calls.append((data, subject_key, root, kwargs))
-        return subject
-
-    monkeypatch.setattr(fit_command, "load_subject", fake_load_subject)
+    _, calls = fake_fit_root(root, monkeypatch, make_store, make_subject)
     return root, calls
 
 

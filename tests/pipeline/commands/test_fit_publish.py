@@ -7,31 +7,24 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import cli, runroot
+from pipeline import runroot
 from pipeline.commands import fit as fit_command
 from cache.errors import InvalidInputError
 from pipeline.publish import STAGING_FOLDER, check_finite_scores
 from pipeline.report.inputs import discover_inputs
 from stages.fit.result import FIT_JSON, VERTEX_TABLE, FitResult
+from cli_runs import fake_fit_root, run_fit
 from train_stubs import Killed, interrupt_after_first_checkpoint
-
-FAST = ["--epochs", "1", "--batch-size", "16", "--warm-start", "none", "--no-progress"]
 
 
 @pytest.fixture()
 def finished(tmp_path, monkeypatch, make_store, make_subject):
     """A run root with one finished fit of subj01; returns (run root, fit folder, its fit.json text, subject)."""
     root = tmp_path / "runs"
-    store = make_store(runroot.feature_store_path(root, "demo", "fake"))
-    subject, _ = make_subject(store, n_vertices=5)
-    monkeypatch.setattr(fit_command, "load_subject", lambda *args, **kwargs: subject)
-    assert cli.main(["--run-root", str(root), "fit", "--model", "fake", "--subject", "1", *FAST]) == 0
+    subject, _ = fake_fit_root(root, monkeypatch, make_store, make_subject)
+    assert run_fit(root) == 0
     folder = runroot.fit_dir(root, "fake", "subj01")
     return root, folder, (folder / FIT_JSON).read_text(), subject
-
-
-def _fit(root, *extra):
-    return cli.main(["--run-root", str(root), "fit", "--model", "fake", "--subject", "1", *FAST, *extra])
 
 
 def _intact(root, folder, text):
@@ -42,7 +35,7 @@ def _intact(root, folder, text):
 
 def test_a_refit_with_bad_layers_keeps_the_finished_fit(finished, capsys):
     root, folder, text, _ = finished
-    assert _fit(root, "--layers", "block9") != 0
+    assert run_fit(root, "--layers", "block9") != 0
     assert "block9" in capsys.readouterr().err
     _intact(root, folder, text)
 
@@ -51,7 +44,7 @@ def test_a_refit_killed_during_training_keeps_the_finished_fit_and_stays_resumab
     root, folder, text, _ = finished
     interrupt_after_first_checkpoint(monkeypatch)
     with pytest.raises(Killed):
-        _fit(root, "--epochs", "2")
+        run_fit(root, "--epochs", "2")
     _intact(root, folder, text)
     assert (folder / fit_command.CHECKPOINT_FOLDER).is_dir()   # the interrupted re-fit can resume
 
@@ -72,7 +65,7 @@ def test_a_fit_with_non_finite_scores_is_refused_and_the_previous_one_kept(finis
 
     monkeypatch.setattr(streaming._FeatureSourceBase, "_read", poisoned)
     capsys.readouterr()
-    assert _fit(root) != 0
+    assert run_fit(root) != 0
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and "NaN" in message and "previous fit is kept" in message
     monkeypatch.setattr(FitResult, "save", real)
@@ -81,7 +74,7 @@ def test_a_fit_with_non_finite_scores_is_refused_and_the_previous_one_kept(finis
 
 def test_a_successful_refit_replaces_the_fit_and_leaves_no_staging(finished):
     root, folder, text, _ = finished
-    assert _fit(root, "--seed", "3") == 0
+    assert run_fit(root, "--seed", "3") == 0
     record = json.loads((folder / FIT_JSON).read_text())
     assert record["config"]["seed"] == 3 and (folder / VERTEX_TABLE).is_file()
     assert not (folder / fit_command.CHECKPOINT_FOLDER).exists()
@@ -101,17 +94,17 @@ def test_a_truncated_checkpoint_is_one_line_naming_the_file_and_restart_recovers
     root, folder, text, _ = finished
     interrupt_after_first_checkpoint(monkeypatch)
     with pytest.raises(Killed):
-        _fit(root, "--epochs", "2")
+        run_fit(root, "--epochs", "2")
     monkeypatch.undo()
     monkeypatch.setattr(fit_command, "load_subject", lambda *args, **kwargs: finished[3])
     tensors = next((folder / fit_command.CHECKPOINT_FOLDER).glob("*.safetensors"))
     tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
     capsys.readouterr()
-    assert _fit(root, "--epochs", "2") != 0
+    assert run_fit(root, "--epochs", "2") != 0
     message = capsys.readouterr().err.strip()
     assert "\n" not in message and str(tensors) in message and "--restart" in message
     _intact(root, folder, text)
-    assert _fit(root, "--epochs", "2", "--restart") == 0
+    assert run_fit(root, "--epochs", "2", "--restart") == 0
     assert json.loads((folder / FIT_JSON).read_text())["config"]["epochs"] == 2
 
 
@@ -139,7 +132,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_keeps_the_finished_fit(
 
     monkeypatch.setattr(train_module, "save_checkpoint", full)
     capsys.readouterr()
-    assert _fit(root) == 2
+    assert run_fit(root) == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no space left on the device while writing" in message and "state.safetensors" in message
     _intact(root, folder, text)

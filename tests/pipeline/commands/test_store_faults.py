@@ -13,26 +13,20 @@ from cache.folder import chunk_file
 from cache.integrity import damaged_chunks
 from cache.store import FeatureStore
 from pipeline import cli, runroot
-
-MODEL = "timm:test_vit"
+from cli_runs import FEATURES_MODEL, run_features, stage_one_only
 
 
 @pytest.fixture(autouse=True)
 def only_stage_one_commands(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ("pipeline.commands.demo_images", "pipeline.commands.features"))
-
-
-def _features(run_root: Path, *extra: str) -> int:
-    return cli.main(["--run-root", str(run_root), "features", "--model", MODEL, "--random-init", "--no-progress",
-                     "--chunk-images", "4", *extra])
+    stage_one_only(monkeypatch)
 
 
 @pytest.fixture()
 def finished(tmp_path: Path) -> tuple[Path, FeatureStore, np.ndarray]:
     """A finished 8-image store (2 chunks) and every image's first-layer local features."""
     assert cli.main(["--run-root", str(tmp_path), "demo-images", "--count", "8", "--size", "40"]) == 0
-    assert _features(tmp_path) == 0
-    store = FeatureStore.open(runroot.feature_store_path(tmp_path, "demo", MODEL))
+    assert run_features(tmp_path) == 0
+    store = FeatureStore.open(runroot.feature_store_path(tmp_path, "demo", FEATURES_MODEL))
     return tmp_path, store, store.read(store.image_ids.tolist()).local[0]
 
 
@@ -50,7 +44,7 @@ def test_a_deleted_chunk_file_is_found_and_extracted_again(finished, capsys):
     _chunk_file(store, 1).unlink()
     assert list(damaged_chunks(store)) == [1]
     capsys.readouterr()
-    assert _features(run_root) == 0
+    assert run_features(run_root) == 0
     err = capsys.readouterr().err
     assert "1 damaged chunk(s)" in err and "is missing" in err and "up to date" not in err
     np.testing.assert_array_equal(_all_local(store.path), before)       # same seed: the same features
@@ -75,7 +69,7 @@ def test_an_altered_or_truncated_chunk_stops_a_reader_in_one_line_and_verify_rep
     # a truncated file is caught by the default check (its size was recorded); altered bytes need --verify
     assert list(damaged_chunks(FeatureStore.open(store.path))) == ([0] if damage == "truncate" else [])
     capsys.readouterr()
-    assert _features(run_root, *(() if damage == "truncate" else ("--verify",))) == 0
+    assert run_features(run_root, *(() if damage == "truncate" else ("--verify",))) == 0
     assert "1 damaged chunk(s)" in capsys.readouterr().err
     np.testing.assert_array_equal(_all_local(store.path), before)
 
@@ -83,10 +77,10 @@ def test_an_altered_or_truncated_chunk_stops_a_reader_in_one_line_and_verify_rep
 def test_an_intact_store_is_up_to_date_after_either_check(finished, capsys):
     run_root, _, _ = finished
     capsys.readouterr()
-    assert _features(run_root) == 0
+    assert run_features(run_root) == 0
     err = capsys.readouterr().err
     assert "up to date" in err and "every chunk file present" in err
-    assert _features(run_root, "--verify") == 0
+    assert run_features(run_root, "--verify") == 0
     assert "every chunk decoded and finite" in capsys.readouterr().err
 
 
@@ -104,13 +98,13 @@ def test_a_full_disk_during_extraction_is_one_line_and_the_run_resumes(tmp_path,
 
     monkeypatch.setattr(FeatureStore, "write_chunk", full_after_first)
     capsys.readouterr()
-    assert _features(tmp_path) == 2
+    assert run_features(tmp_path) == 2
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "no space left on the device while writing" in message and "GB free there" in message
-    store = FeatureStore.open(runroot.feature_store_path(tmp_path, "demo", MODEL))
+    store = FeatureStore.open(runroot.feature_store_path(tmp_path, "demo", FEATURES_MODEL))
     assert store.pending_chunks() == [1]
     monkeypatch.setattr(FeatureStore, "write_chunk", real)
-    assert _features(tmp_path) == 0 and FeatureStore.open(store.path).is_complete()
+    assert run_features(tmp_path) == 0 and FeatureStore.open(store.path).is_complete()
 
 
 def test_an_image_whose_content_changed_is_extracted_again(finished, capsys):
@@ -122,11 +116,11 @@ def test_an_image_whose_content_changed_is_extracted_again(finished, capsys):
     image = run_root / "imagesets" / "demo" / "demo-00005.png"
     Image.new("RGB", (40, 40), (255, 0, 0)).save(image)
     capsys.readouterr()
-    assert _features(run_root) == 0
+    assert run_features(run_root) == 0
     err = capsys.readouterr().err
     assert "1 image(s) changed" in err and "demo-00005.png" in err and "up to date" not in err
     after = _all_local(store.path)
     np.testing.assert_array_equal(after[:4], before[:4])
     assert not np.array_equal(after[5], before[5])
-    assert _features(run_root) == 0
+    assert run_features(run_root) == 0
     assert "up to date" in capsys.readouterr().err
