@@ -74,27 +74,50 @@ def browser_tools() -> tuple[str, str] | None:
     return (chromium, driver) if chromium and driver else None
 
 
-def check_page_in_browser(page: Path, tmp_path: Path) -> int:
-    """Open ``page`` in headless Chromium: every image loads, no console errors; saves a screenshot.
+def open_chromium(tmp_path: Path, *, width: int = 1280, height: int = 2000):
+    """A headless Chromium session (selenium WebDriver) with browser and performance (network) logs.
 
-    The screenshot goes to ``tmp_path/<page folder>.png`` and, when ``BDDN_TEST_ARTEFACTS`` is
-    set, is copied there. Returns the number of images.
+    WebGL runs on Chromium's software renderer (SwiftShader), asked for explicitly: recent
+    Chromium no longer falls back to it silently. The caller quits the driver.
     """
-    import os
-    import shutil
-
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver_path = browser_tools()
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,2000", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for flag in ("--headless", "--no-sandbox", "--disable-quic", "--no-first-run", "--use-angle=swiftshader",
+                 "--enable-unsafe-swiftshader", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", f"--window-size={width},{height}", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    browser = webdriver.Chrome(service=Service(driver_path), options=options)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    return webdriver.Chrome(service=Service(driver_path), options=options)
+
+
+def console_errors(browser) -> list[dict]:
+    """The browser console's error entries since the last call."""
+    return [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+
+
+def requested_urls(browser) -> list[str]:
+    """URLs of every network request the browser started since the last call (from the performance log)."""
+    import json
+
+    urls = []
+    for entry in browser.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message.get("method") == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def check_page_in_browser(page: Path, tmp_path: Path) -> int:
+    """Open ``page`` in headless Chromium: every image loads, no console errors; saves a screenshot.
+
+    The screenshot goes to ``tmp_path/<page folder>.png`` and, when ``BDDN_TEST_ARTEFACTS`` is
+    set, is copied there. Returns the number of images.
+    """
+    browser = open_chromium(tmp_path)
     screenshot = tmp_path / f"{page.parent.name}.png"
     try:
         browser.get(page.as_uri())
@@ -102,14 +125,22 @@ def check_page_in_browser(page: Path, tmp_path: Path) -> int:
             "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth]);")
         broken = [src for src, complete, width in images if not complete or width == 0]
         assert images and not broken, f"images that did not load: {broken}"
-        errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]
+        errors = console_errors(browser)
         assert not errors, errors
         assert browser.save_screenshot(str(screenshot))
     finally:
         browser.quit()
     assert screenshot.stat().st_size > 5_000
+    keep_artefact(screenshot, f"report_{page.parent.name}.png")
+    return len(images)
+
+
+def keep_artefact(path: Path, name: str) -> None:
+    """Copy ``path`` to ``$BDDN_TEST_ARTEFACTS/name`` when that variable is set."""
+    import os
+    import shutil
+
     artefacts = os.environ.get("BDDN_TEST_ARTEFACTS")
     if artefacts:
         Path(artefacts).mkdir(parents=True, exist_ok=True)
-        shutil.copy(screenshot, Path(artefacts) / f"report_{page.parent.name}.png")
-    return len(images)
+        shutil.copy(path, Path(artefacts) / name)

@@ -9,15 +9,16 @@ from pathlib import Path
 from cache.errors import InvalidInputError
 from cache.provenance import hash_strings
 from pipeline import runroot
-from pipeline.commands.figures import add_space_extent_argument, build_report_config, parse_list
+from pipeline.commands.figures import add_space_extent_argument, add_viewer_arguments, build_report_config, parse_list
 from pipeline.report.inputs import load_input, load_report_meshes
 from pipeline.report.output import save_figure
+from pipeline.report.viewer_pages import VIEWER_PAGE, average_viewer_path, viewer_meshes, write_difference_viewer, write_viewer
 from stages.report.compare import average_fits, fit_label, render_comparison_grid, render_difference
 from stages.report.config import with_space_extent
 
 NAME = "compare"
 HELP = ("compare fits: a grid (rows = fits, columns = maps), the subject average per model and, for two fits "
-        "of the same subject, their difference; written to <run root>/figures/compare/<id>/")
+        "of the same subject, their difference, with interactive viewer pages; written to <run root>/figures/compare/<id>/")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dpi", type=int, default=None, help="PNG resolution")
     parser.add_argument("--resolution", type=int, default=None, help="raster pixels across one flatmap")
     add_space_extent_argument(parser)
+    add_viewer_arguments(parser)
     parser.add_argument("--subjects-dir", type=Path, default=None, help="FreeSurfer subjects folder for larger meshes")
     parser.add_argument("--config", type=Path, default=None, help="TOML preset with a [figures] table")
 
@@ -45,20 +47,29 @@ def run(args: argparse.Namespace) -> int:
     inputs = [load_input(path) for path in args.fits]
     fits = [item.fit for item in inputs]
     cfg = with_space_extent(cfg, fits)
-    flat, _ = load_report_meshes(inputs, subjects_dir=args.subjects_dir)
+    flat, inflated = load_report_meshes(inputs, subjects_dir=args.subjects_dir)
     out = args.out or runroot.figures_dir(run_root) / "compare" / hash_strings([str(p.resolve()) for p in args.fits])[:12]
     written = [save_figure(render_comparison_grid(fits, flat, maps=args.maps, resolution=cfg.resolution // 2,
                                                       space_extent=cfg.space_extent), out / "grid", cfg=cfg)]
     by_model: dict[tuple[str, str], list] = {}
     for fit in fits:
         by_model.setdefault((fit.model, fit.method), []).append(fit)
-    averages = [average_fits(group) for group in by_model.values() if len({f.subject for f in group}) >= 2]
+    averaged = {key: average_fits(group) for key, group in by_model.items() if len({f.subject for f in group}) >= 2}
+    averages = list(averaged.values())
     if averages:
         written.append(save_figure(render_comparison_grid(averages, flat, maps=args.maps,
                                                                   resolution=cfg.resolution // 2,
                                                                   space_extent=cfg.space_extent), out / "averages", cfg=cfg))
     if len(fits) == 2 and fits[0].subject == fits[1].subject:
         written.append(save_figure(render_difference(fits[0], fits[1], flat, resolution=cfg.resolution // 2), out / "difference", cfg=cfg))
+    if cfg.viewer:
+        meshes = viewer_meshes(inflated, flat, cfg)
+        pages = [write_viewer(average_viewer_path(out, model, method), average, meshes, cfg,
+                              title=f"{model}: {average.subject} subjects ({method})")
+                 for (model, method), average in averaged.items()]
+        if len(fits) == 2 and fits[0].subject == fits[1].subject:
+            pages.append(write_difference_viewer(out / "difference" / VIEWER_PAGE, fits[0], fits[1], meshes, cfg))
+        written += [{"html": page} for page in pages]
     for paths in written:
         for path in paths.values():
             print(path)

@@ -16,8 +16,8 @@ from pipeline.report.output import write_report
 from stages.report.config import FORMATS, ReportConfig
 
 NAME = "figures"
-HELP = ("stage three: flatmaps, inflated views, ROI summaries, hierarchy scores, GIfTI exports and "
-        "<run root>/figures/index.html for the given fits (default: every fit and planted truth under the run root)")
+HELP = ("stage three: flatmaps, inflated views, ROI summaries, hierarchy scores, GIfTI exports, an interactive "
+        "viewer page per fit (viewer.html) and <run root>/figures/index.html for the given fits (default: every fit and planted truth under the run root)")
 _PRESET_TABLE = "figures"
 
 
@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-crop", dest="crop", action="store_const", const=False, default=None,
                         help="draw whole flat sheets instead of zooming onto each fit's vertices")
     add_space_extent_argument(parser)
+    add_viewer_arguments(parser)
     parser.add_argument("--inflated-maps", type=parse_list, default=None,
                         help=f"maps also drawn on inflated surfaces (default {','.join(defaults.inflated_maps)})")
     parser.add_argument("--top-channels", type=Path, default=None, metavar="IMAGES",
@@ -57,10 +58,20 @@ def add_space_extent_argument(parser: argparse.ArgumentParser) -> None:
                              "(default: chosen from the fits drawn together, the 90th percentile of their points' distance from the centre)")
 
 
+def add_viewer_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--no-viewer`` and ``--viewer-full-resolution``, shared by ``bddn figures`` and ``bddn compare``."""
+    parser.add_argument("--no-viewer", dest="viewer", action="store_const", const=False, default=None,
+                        help="skip the interactive viewer pages (viewer.html)")
+    parser.add_argument("--viewer-full-resolution", dest="viewer_full_resolution", action="store_const", const=True,
+                        default=None, help="draw the viewer pages on the fits' own fsaverage order instead of "
+                                           "fsaverage5 (pages of tens of MB for fsaverage7 fits)")
+
+
 def build_report_config(args: argparse.Namespace) -> ReportConfig:
     """The resolved :class:`ReportConfig`: defaults, then the preset's table, then flags."""
     preset = load_toml(args.config).get(_PRESET_TABLE, {}) if args.config else {}
-    flags = given_flags(args, ("formats", "dpi", "resolution", "crop", "inflated_maps", "space_extent"))
+    flags = given_flags(args, ("formats", "dpi", "resolution", "crop", "inflated_maps", "space_extent", "viewer",
+                               "viewer_full_resolution"))
     return build_config(ReportConfig, preset, flags, where=f"{args.config or 'flags'}")
 
 

@@ -3,10 +3,12 @@
 Layout::
 
     figures/index.html                      the page (relative links only: copy the folder anywhere)
+    figures/<fit folder>/viewer.html        the interactive viewer of each fit (self-contained, offline)
     figures/report.json                     config and environment of this rendering
     figures/hierarchy_scores.{parquet,md}   one row per fit / planted truth
     figures/comparison.png                  rows = fits, columns = maps
-    figures/average/<model>-<method>.png    subject averages (models with >= 2 subjects)
+    figures/average/averages.png            subject averages (models with >= 2 subjects)
+    figures/average/<model>-<method>/viewer.html   their interactive viewers
     figures/<model>/<subject>-<method>/     maps (<name>.png ...), roi_summary.{parquet,md},
                                             difference_vs_truth.png, gifti/<map>.<hemi>.func.gii
     figures/<model>/<subjA+subjB+...>/<subject>-factortopy-joint/   the same for each subject of a joint fit
@@ -30,6 +32,8 @@ from cache.provenance import environment_record
 from cache.jsondata import to_json_data
 from pipeline.report.inputs import ReportInput, joint_subjects
 from pipeline.report.topchannels import top_channel_figures
+from pipeline.report.viewer_pages import VIEWER_PAGE, average_viewer_path, viewer_meshes, write_viewer
+from stages.fit.result import FitResult
 from stages.mesh import CorticalMesh
 from stages.report.clusters import cluster_channels
 from stages.report.compare import average_fits, fit_label, render_comparison_grid, render_difference
@@ -77,12 +81,14 @@ def write_report(figures_root: Path, inputs: Sequence[ReportInput], flat: Cortic
     """
     figures_root.mkdir(parents=True, exist_ok=True)
     cfg = with_space_extent(cfg, [item.fit for item in inputs])
+    meshes = viewer_meshes(inflated, flat, cfg) if cfg.viewer else None
     sections, scores = [], []
     for item in tqdm(inputs, desc="figures", unit="fit", disable=not progress):
-        section, score_row = _write_fit(figures_root, item, flat, inflated, cfg, reproduce, images)
+        section, score_row = _write_fit(figures_root, item, flat, inflated, cfg, reproduce, images,
+                                        truth=_truths(inputs).get(item.fit.subject), meshes=meshes)
         sections.append(section)
         scores.append(score_row)
-    overview = _write_overview(figures_root, inputs, pd.DataFrame(scores), flat, cfg, reproduce)
+    overview = _write_overview(figures_root, inputs, pd.DataFrame(scores), flat, cfg, reproduce, meshes)
     record = {"config": to_json_data(cfg), "environment": environment_record(),
               "inputs": [str(item.source) for item in inputs]}
     (figures_root / "report.json").write_text(json.dumps(record, indent=2, default=str))
@@ -97,7 +103,8 @@ def write_report(figures_root: Path, inputs: Sequence[ReportInput], flat: Cortic
 
 
 def _write_fit(root: Path, item: ReportInput, flat: CorticalMesh, inflated: CorticalMesh, cfg: ReportConfig,
-               reproduce: Sequence[str], images: Sequence[Path]) -> tuple[PageSection, dict]:
+               reproduce: Sequence[str], images: Sequence[Path], *, truth: FitResult | None,
+               meshes: tuple[CorticalMesh, CorticalMesh] | None) -> tuple[PageSection, dict]:
     fit, folder = item.fit, root / item.slug
     clusters = None if item.readout is None else _clusters(item, cfg)
     figures = [_page_figure(root, name, title, figure, folder / name, cfg)
@@ -116,6 +123,11 @@ def _write_fit(root: Path, item: ReportInput, flat: CorticalMesh, inflated: Cort
         tables.append(PageTable("ROI summary", summary.drop(columns=[c for c in summary if c.startswith("profile_sd")]),
                                 _relative(root, paths)))
     write_gifti_maps(fit, scalar_exports(fit, clusters=clusters), folder / "gifti", n_mesh_vertices=flat.lh.n_vertices)
+    links = {}
+    if meshes is not None:
+        viewer = write_viewer(folder / VIEWER_PAGE, fit, meshes, cfg, clusters=clusters,
+                              truth=truth if fit.method != "truth" else None)
+        links["interactive viewer"] = viewer.relative_to(root).as_posix()
     score = score_hierarchy(fit, summary)
     metrics = {"hierarchy score (Spearman)": score.spearman, "hierarchy score ceiling": score.ceiling,
                "hierarchy p-value": score.p_value,
@@ -125,7 +137,7 @@ def _write_fit(root: Path, item: ReportInput, flat: CorticalMesh, inflated: Cort
     section = PageSection(anchor=item.slug.replace("/", "-"), title=fit_label(fit), text=f"source: {item.source}",
                           figures=figures, tables=tables, metrics=metrics,
                           provenance={"config": fit.config, "provenance": fit.provenance},
-                          reproduce=[*_reproduce_fit(item), *reproduce])
+                          reproduce=[*_reproduce_fit(item), *reproduce], links=links)
     row = {"fit": fit_label(fit), "model": fit.model, "subject": fit.subject, "method": fit.method,
            "hierarchy_spearman": score.spearman, "hierarchy_ceiling": score.ceiling, "hierarchy_p": score.p_value,
            "ranked_areas": score.n_areas,
@@ -136,8 +148,9 @@ def _write_fit(root: Path, item: ReportInput, flat: CorticalMesh, inflated: Cort
 
 
 def _write_overview(root: Path, inputs: Sequence[ReportInput], scores: pd.DataFrame, flat: CorticalMesh,
-                    cfg: ReportConfig, reproduce: Sequence[str]) -> PageSection:
-    figures, tables = [], []
+                    cfg: ReportConfig, reproduce: Sequence[str],
+                    meshes: tuple[CorticalMesh, CorticalMesh] | None) -> PageSection:
+    figures, tables, links = [], [], {}
     if not scores.empty:
         tables.append(PageTable("Hierarchy scores", scores, _relative(root, save_table(scores, root / "hierarchy_scores"))))
     fits = [item.fit for item in inputs]
@@ -148,13 +161,18 @@ def _write_overview(root: Path, inputs: Sequence[ReportInput], scores: pd.DataFr
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for fit in fits:
         groups[(fit.model, fit.method)].append(fit)
-    averages = [average_fits(group) for group in groups.values() if len({f.subject for f in group}) >= 2]
+    averaged = {key: average_fits(group) for key, group in groups.items() if len({f.subject for f in group}) >= 2}
+    averages = list(averaged.values())
     if averages:
         figures.append(_page_figure(root, "subject averages", "per model, averaged per fsaverage vertex",
                                     render_comparison_grid(averages, flat, resolution=cfg.resolution // 2,
                                                            space_extent=cfg.space_extent),
                                     root / "average" / "averages", cfg))
-    truths = {item.fit.subject: item.fit for item in inputs if item.fit.method == "truth"}
+        for (model, method), average in averaged.items() if meshes is not None else ():
+            target = average_viewer_path(root, model, method)
+            write_viewer(target, average, meshes, cfg, title=f"{model}: {average.subject} subjects ({method})")
+            links[f"viewer: {model} subject average ({method})"] = target.relative_to(root).as_posix()
+    truths = _truths(inputs)
     for item in inputs:
         truth = truths.get(item.fit.subject)
         if truth is not None and item.fit.method != "truth":
@@ -166,7 +184,12 @@ def _write_overview(root: Path, inputs: Sequence[ReportInput], scores: pd.DataFr
                             "area (V1=1, V2=2, V3=3, V4=4, higher areas=5, tied) and its mean selected layer; the ceiling "
                             "is the best value the tied ranks allow; mean "
                             "entropy: how decisively layers are chosen (0 one layer, 1 uniform).",
-                       figures=figures, tables=tables, reproduce=reproduce)
+                       figures=figures, tables=tables, reproduce=reproduce, links=links)
+
+
+def _truths(inputs: Sequence[ReportInput]) -> dict[str, FitResult]:
+    """Subject -> its planted truth, among ``inputs``."""
+    return {item.fit.subject: item.fit for item in inputs if item.fit.method == "truth"}
 
 
 def _clusters(item: ReportInput, cfg: ReportConfig) -> np.ndarray | None:

@@ -141,6 +141,17 @@ def render_difference(before: FitResult, after: FitResult, flat: CorticalMesh, *
     return figure
 
 
+def align_vertices(source: FitResult, target: FitResult) -> np.ndarray:
+    """For each vertex of ``target``, the row of ``source`` at the same fsaverage vertex, or -1:
+    int64 array of shape (target.n_vertices,)."""
+    source_keys, target_keys = _vertex_keys(source), _vertex_keys(target)
+    if len(source_keys) == 0:
+        return np.full(len(target_keys), -1, dtype=np.int64)
+    order = np.argsort(source_keys)
+    rows = order[np.minimum(np.searchsorted(source_keys, target_keys, sorter=order), len(order) - 1)]
+    return np.where(source_keys[rows] == target_keys, rows, -1).astype(np.int64)
+
+
 def _vertex_keys(fit: FitResult) -> np.ndarray:
     """int64 key per vertex: fsaverage_index, plus a large offset for the right hemisphere."""
     hemisphere = np.asarray(fit.vertices["hemisphere"]).astype(str)

@@ -28,6 +28,9 @@ class ReportConfig:
             map's colour square spans; ``None`` picks one for all fits drawn together
             (:func:`stages.report.colours.auto_space_extent`).
         clusters: channel clustering (20 clusters from 1000 k-means centroids by default).
+        viewer: write the interactive viewer page (``viewer.html``) of each fit, average and difference.
+        viewer_full_resolution: draw the viewer on the fits' own fsaverage order; by default it uses
+            fsaverage5 (a page of a few MB; finer fits show their fsaverage5 subset).
     """
 
     formats: tuple[str, ...] = ("png",)
@@ -37,6 +40,8 @@ class ReportConfig:
     inflated_maps: tuple[str, ...] = ("layer", "space")
     space_extent: float | None = None
     clusters: ClusterConfig = ClusterConfig()
+    viewer: bool = True
+    viewer_full_resolution: bool = False
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]

@@ -68,7 +68,7 @@ def render_flatmap(mesh: CorticalMesh, values: Mapping[str, np.ndarray], *, cmap
         ax = figure.add_subplot()
     if shading not in ("gouraud", "flat"):
         raise InvalidInputError(f"shading must be 'gouraud' or 'flat', got {shading!r}")
-    offsets = _hemisphere_offsets(mesh)
+    offsets = hemisphere_offsets(mesh)
     raster = sheet_raster(mesh, offsets, width=resolution)
     rgba = {name: vertex_rgba(values[name], cmap=cmap, vmin=vmin, vmax=vmax) for name in HEMISPHERES}
     ax.imshow(raster.paint(mesh, rgba, shading=shading), extent=raster.extent, origin="lower",
@@ -100,19 +100,31 @@ def draw_roi_outlines(ax: Axes, hemi: HemisphereMesh, xy: np.ndarray, labels: np
         labels: array of shape (n_mesh_vertices,) of ROI names ("" or None = none).
     """
     labels = np.asarray(["" if label is None else str(label) for label in labels])
-    for roi in sorted(set(labels.tolist()) - {"", "nan", "none", "None"}):
-        inside = labels == roi
-        faces = hemi.faces[inside[hemi.faces].sum(axis=1) >= 2]
-        if len(faces) == 0:
-            continue
-        edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
-        unique, counts = np.unique(edges, axis=0, return_counts=True)
-        boundary = unique[counts == 1]
+    for roi, boundary in roi_boundaries(hemi.faces, labels).items():
         ax.add_collection(LineCollection(xy[boundary], colors="black", linewidths=0.5, alpha=0.6))
-        points = xy[inside]
+        points = xy[labels == roi]
         anchor = points[np.argmin(((points - np.median(points, axis=0)) ** 2).sum(axis=1))]
         ax.text(anchor[0], anchor[1], roi, fontsize=5, ha="center", va="center", color="black",
                 path_effects=[patheffects.withStroke(linewidth=1.5, foreground="white")])
+
+
+def roi_boundaries(faces: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Outline of each ROI on a mesh: ROI name -> int array (n_edges, 2) of vertex pairs.
+
+    A face belongs to an ROI when at least two of its vertices carry its label; the outline is
+    the edges used by exactly one of the ROI's faces. ``labels`` is a str array of shape
+    (n_mesh_vertices,) ("", "nan", "none" = no ROI); ROIs without a face are left out.
+    """
+    labels = np.asarray(labels).astype(str)
+    outlines = {}
+    for roi in sorted(set(labels.tolist()) - {"", "nan", "none", "None"}):
+        inside = faces[(labels == roi)[faces].sum(axis=1) >= 2]
+        if len(inside) == 0:
+            continue
+        edges = np.sort(np.concatenate([inside[:, [0, 1]], inside[:, [1, 2]], inside[:, [2, 0]]]), axis=1)
+        unique, counts = np.unique(edges, axis=0, return_counts=True)
+        outlines[roi] = unique[counts == 1]
+    return outlines
 
 
 def _crop_to_values(ax: Axes, mesh: CorticalMesh, offsets: Mapping[str, np.ndarray], rgba: Mapping[str, np.ndarray],
@@ -129,7 +141,7 @@ def _crop_to_values(ax: Axes, mesh: CorticalMesh, offsets: Mapping[str, np.ndarr
     ax.set_ylim(max(low[1] - margin, extent[2]), min(high[1] + margin, extent[3]))
 
 
-def _hemisphere_offsets(mesh: CorticalMesh) -> dict[str, np.ndarray]:
+def hemisphere_offsets(mesh: CorticalMesh) -> dict[str, np.ndarray]:
     """2-D shifts placing the right sheet beside the left one, vertically centred on it."""
     bounds = {}
     for name in HEMISPHERES:

@@ -59,6 +59,7 @@ class PageSection:
         metrics: summary numbers shown as a table.
         provenance: what produced it (config, environment...), shown folded as JSON.
         reproduce: shell commands that reproduce it.
+        links: label -> path (relative to the page) of related pages, e.g. the interactive viewer.
     """
 
     anchor: str
@@ -69,6 +70,7 @@ class PageSection:
     metrics: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     reproduce: Sequence[str] = ()
+    links: dict[str, str] = field(default_factory=dict)
 
 
 def render_page(sections: Sequence[PageSection], *, title: str, intro: str = "") -> str:
@@ -90,6 +92,8 @@ def render_page(sections: Sequence[PageSection], *, title: str, intro: str = "")
 def _render_section(section: PageSection) -> str:
     escape = html.escape
     out = [f'<section id="{escape(section.anchor)}"><h2>{escape(section.title)}</h2>']
+    if section.links:
+        out.append(f"<p>{_links(section.links)}</p>")
     if section.text:
         out.append(f"<p>{escape(section.text)}</p>")
     if section.metrics:

@@ -30,7 +30,7 @@ VIEWS: dict[str, dict[str, tuple[tuple[float, float, float], tuple[float, float,
     "posterior": {"lh": ((0, -1, 0), (0, 0, 1)), "rh": ((0, -1, 0), (0, 0, 1))},
 }
 #: Views drawn with each hemisphere in its own camera, placed side by side.
-_SEPARATE = ("lateral", "medial")
+SEPARATE_VIEWS = ("lateral", "medial")
 
 
 def render_inflated(mesh: CorticalMesh, values: Mapping[str, np.ndarray], *,
@@ -98,14 +98,14 @@ def _draw_view(ax: Axes, mesh: CorticalMesh, rgba: Mapping[str, np.ndarray], vie
         hemi = mesh.hemisphere(name)
         towards, up = VIEWS[view][name]
         coords = np.asarray(hemi.coords, dtype=np.float64)
-        if view in _SEPARATE:
+        if view in SEPARATE_VIEWS:
             coords = coords - centres[name]
         else:  # pull the hemispheres apart so neither hides the other
             gap = 0.05 * np.ptp(coords[:, 0])
             shift = -gap - coords[:, 0].max() if name == "lh" else gap - coords[:, 0].min()
             coords = coords + np.array([shift, 0.0, 0.0])
         camera = project(coords, towards, up)
-        if view in _SEPARATE:
+        if view in SEPARATE_VIEWS:
             camera[:, 0] += cursor - camera[:, 0].min()
             cursor = camera[:, 0].max() + 0.1 * np.ptp(camera[:, 0])
         triangles = camera[hemi.faces]

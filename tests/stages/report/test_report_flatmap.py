@@ -118,11 +118,11 @@ def test_draws_into_given_axes_without_touching_rcparams() -> None:
 
 
 def test_raster_locates_pixels_inside_their_faces() -> None:
-    from stages.report.flatmap import _hemisphere_offsets
+    from stages.report.flatmap import hemisphere_offsets
     from stages.report.raster import sheet_raster
 
     flat = mesh("flat")
-    offsets = _hemisphere_offsets(flat)
+    offsets = hemisphere_offsets(flat)
     raster = sheet_raster(flat, offsets, width=200)
     left, right, bottom, top = raster.extent
     height, width = raster.shape
