@@ -94,6 +94,14 @@ def open_chromium(tmp_path: Path, *, width: int = 1280, height: int = 2000):
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 
+def wait_for_viewer(browser, timeout: float = 60.0) -> bool | None:
+    """Wait until a viewer page has started (its data unpacked); returns ``bddnViewer.ready``."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout).until(lambda driver: driver.execute_script("return window.bddnViewer !== undefined"))
+    return browser.execute_script("return window.bddnViewer.ready")
+
+
 def console_errors(browser) -> list[dict]:
     """The browser console's error entries since the last call."""
     return [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "ERROR")]

@@ -11,27 +11,58 @@
   var DATA = JSON.parse(document.getElementById("viewer-data").textContent);
   var TYPES = { f32: Float32Array, i32: Int32Array, u32: Uint32Array, u16: Uint16Array, u8: Uint8Array };
   var HEMIS = ["lh", "rh"];
-  var NO_DATA = [0, 0, 0];
 
-  function decode(entry) {
+  /* An array of the page: base64 of its zlib-deflated bytes, shuffled by byte position (all first
+   * bytes, then all second bytes...), which lets deflate find the repeated exponent bytes of floats. */
+  function unpack(entry) {
     var text = atob(entry.b64);
-    var bytes = new Uint8Array(text.length);
-    for (var i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
-    var Type = TYPES[entry.dtype];
-    return new Type(bytes.buffer, 0, bytes.byteLength / Type.BYTES_PER_ELEMENT);
+    var packed = new Uint8Array(text.length);
+    for (var i = 0; i < text.length; i++) packed[i] = text.charCodeAt(i);
+    var stream = new Blob([packed]).stream().pipeThrough(new DecompressionStream("deflate"));
+    return new Response(stream).arrayBuffer().then(function (buffer) {
+      var shuffled = new Uint8Array(buffer), Type = TYPES[entry.dtype], size = Type.BYTES_PER_ELEMENT;
+      var n = shuffled.length / size, bytes = new Uint8Array(shuffled.length);
+      for (var b = 0; b < size; b++) for (var k = 0; k < n; k++) bytes[k * size + b] = shuffled[b * n + k];
+      return new Type(bytes.buffer);
+    });
   }
 
+  /* Replace every packed array inside `node` by its typed array. */
+  function unpackAll(node) {
+    var jobs = [];
+    Object.keys(node).forEach(function (key) {
+      var value = node[key];
+      if (value && typeof value === "object" && typeof value.b64 === "string") {
+        jobs.push(unpack(value).then(function (array) { node[key] = array; }));
+      } else if (value && typeof value === "object") {
+        jobs.push(unpackAll(value));
+      }
+    });
+    return Promise.all(jobs);
+  }
+
+  function fail(error) {
+    var message = document.getElementById("nogl");
+    message.textContent = "The viewer could not start: " + error;
+    message.hidden = false;
+    window.bddnViewer = { ready: false, error: String(error) };
+    throw error;
+  }
+
+  unpackAll(DATA).then(start).catch(fail);
+
+  function start() {
   /* ---------- data ---------- */
   var arrays = {};
-  Object.keys(DATA.arrays).forEach(function (name) { arrays[name] = decode(DATA.arrays[name]); });
-  var weights = decode(DATA.weights);
+  Object.keys(DATA.arrays).forEach(function (name) { arrays[name] = DATA.arrays[name]; });
+  var weights = DATA.weights;
   var nLayers = DATA.layer_names.length;
-  var roiCodes = decode(DATA.roi.codes);
+  var roiCodes = DATA.roi.codes;
   var luts = {};
-  Object.keys(DATA.cmaps).forEach(function (name) { luts[name] = decode(DATA.cmaps[name]); });
+  Object.keys(DATA.cmaps).forEach(function (name) { luts[name] = DATA.cmaps[name]; });
   var maps = DATA.maps.map(function (spec) {
     var out = Object.assign({}, spec);
-    if (spec.rgba) out.rgbaData = decode(spec.rgba);
+    if (spec.rgba) out.rgbaData = spec.rgba;
     if (spec.values) out.valueData = arrays[spec.values];
     return out;
   });
@@ -39,9 +70,9 @@
   HEMIS.forEach(function (h) {
     var src = DATA.hemis[h];
     hemis[h] = {
-      n: src.n, rows: decode(src.rows), grey: decode(src.grey),
-      surfaces: { inflated: { coords: decode(src.inflated), faces: decode(src.inflated_faces), edges: decode(src.inflated_roi_edges) },
-                  flat: { coords: decode(src.flat), faces: decode(src.flat_faces), edges: decode(src.flat_roi_edges) } },
+      n: src.n, rows: src.rows, grey: src.grey,
+      surfaces: { inflated: { coords: src.inflated, faces: src.inflated_faces, edges: src.inflated_roi_edges },
+                  flat: { coords: src.flat, faces: src.flat_faces, edges: src.flat_roi_edges } },
       colours: new Uint8Array(src.n * 3),
     };
   });
@@ -81,7 +112,7 @@
 
   /* ---------- WebGL ---------- */
   var canvas = document.getElementById("cortex");
-  var gl = canvas.getContext("webgl2", { antialias: true, preserveDrawingBuffer: true });
+  var gl = canvas.getContext("webgl2", { antialias: false, preserveDrawingBuffer: true });
   if (!gl) {
     document.getElementById("nogl").hidden = false;
     window.bddnViewer = { ready: false, webgl: false };
@@ -458,7 +489,7 @@
     ctx.font = "11px sans-serif";
     var text = document.getElementById("legend-text");
     if (map.legend === "layer" || map.legend === "space") {
-      var image = DATA.legends[map.legend], pixels = decode(image.rgb);
+      var image = DATA.legends[map.legend], pixels = image.rgb;
       var tile = document.createElement("canvas");
       tile.width = image.width; tile.height = image.height;
       var data = tile.getContext("2d").createImageData(image.width, image.height);
@@ -604,6 +635,7 @@
   recolour();
   drawLegend();
   draw();
+  finish();  // the first frame compiles the renderer's pipeline; pay for it while the page opens
   window.bddnViewer = {
     ready: true, webgl: true, timings: timings,
     maps: function () { return maps.map(function (m) { return m.name; }); },
@@ -625,4 +657,5 @@
     },
     draw: function () { var s = performance.now(); draw(); finish(); return performance.now() - s; },
   };
+  }
 })();

@@ -61,6 +61,10 @@ def test_report_holds_every_figure_table_and_export(report: Path) -> None:
         assert (fit_dir / f"{name}.png").is_file(), name
     assert (fit_dir / "gifti" / "clusters.lh.func.gii").is_file()
     assert (report / "toy" / "subj01-truth" / "layer.png").is_file()
+    for slug in ("toy/subj01-factortopy", "toy/subj01-truth"):  # a viewer per fit and truth, linked from the page
+        assert (report / slug / "viewer.html").stat().st_size > 100_000 and f'href="{slug}/viewer.html"' in page
+    fit_viewer = (fit_dir / "viewer.html").read_text()
+    assert '"name":"minus_truth_diff_depth"' in fit_viewer and '"name":"clusters"' in fit_viewer
     scores = pq.read_table(report / "hierarchy_scores.parquet").to_pandas()
     truth = scores[scores["method"] == "truth"].iloc[0]
     assert truth["hierarchy_spearman"] > 0.9
@@ -79,6 +83,25 @@ def test_compare_writes_grid_and_difference(report: Path, tmp_path: Path) -> Non
                    str(root / "fits" / "toy" / "subj01"), "--out", str(out), "--dpi", "30", "--resolution", "300", "--maps", "layer,scale"])
     assert status == 0
     assert (out / "grid.png").is_file() and (out / "difference.png").is_file()
+    viewer = (out / "difference" / "viewer.html").read_text()
+    assert '"name":"diff_depth"' in viewer and "toy / subj01 (factortopy) minus toy / subj01 (truth)" in viewer
+    bare = tmp_path / "bare"
+    assert main(["--run-root", str(root), "compare", str(root / "synthetic" / "subj01"), str(root / "fits" / "toy" / "subj01"),
+                 "--out", str(bare), "--dpi", "30", "--resolution", "300", "--maps", "layer", "--no-viewer"]) == 0
+    assert (bare / "difference.png").is_file() and not list(bare.rglob("*.html"))
+
+
+def test_subject_averages_get_a_viewer(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    for seed, subject in ((1, "subj01"), (3, "subj02")):
+        fit = planted_fit(seed=seed, subject=subject)
+        fit.method = "ridge"
+        fit.save(root / "fits" / "toy" / f"{subject}-ridge")
+    assert main(["--run-root", str(root), "figures", *FAST, "--inflated-maps", ""]) == 0
+    page = (root / "figures" / "index.html").read_text()
+    assert 'href="average/toy-ridge/viewer.html"' in page
+    viewer = (root / "figures" / "average" / "toy-ridge" / "viewer.html").read_text()
+    assert '"name":"n_subjects"' in viewer and "average of 2" in viewer
 
 
 @pytest.mark.browser

@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from report_helpers import browser_tools, console_errors, keep_artefact, mesh, open_chromium, planted_fit, requested_urls
+from report_helpers import (
+    browser_tools, console_errors, keep_artefact, mesh, open_chromium, planted_fit, requested_urls, wait_for_viewer,
+)
 from stages.fit.result import FitResult, layer_weight_column
 from stages.report.compare import average_fits
 from stages.report.config import ReportConfig
@@ -65,6 +67,23 @@ def browser(tmp_path_factory: pytest.TempPathFactory):
         yield driver
     finally:
         driver.quit()
+
+
+def _check_inflated_picking(browser) -> None:
+    """On the inflated lateral view, the vertex read at a pointed spot lies under the pointer (within a
+    triangle's size) and in the hemisphere drawn there."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    browser.execute_script("bddnViewer.setView('lateral'); bddnViewer.draw();")
+    canvas = browser.find_element("id", "cortex")
+    width, height = canvas.size["width"], canvas.size["height"]
+    for fraction, hemi in ((0.2, "lh"), (0.8, "rh")):
+        x, y = int(width * fraction), height // 2
+        ActionChains(browser).move_to_element_with_offset(canvas, x - width // 2, y - height // 2).perform()
+        readout = _readout(browser)
+        assert readout["hemisphere"] == hemi, readout
+        located = browser.execute_script(f"return bddnViewer.locate('{hemi}', {readout['fsaverage_index']});")
+        assert np.hypot(located[0] - x, located[1] - y) < 12, (located, x, y)
 
 
 def _canvas_pixels(browser) -> np.ndarray:
@@ -133,7 +152,7 @@ def test_viewer_page_in_headless_chromium(pages: dict, browser, tmp_path: Path, 
     table = pd.read_parquet(table_path)
     browser.get_log("performance")
     browser.get(page.as_uri())
-    assert browser.execute_script("return window.bddnViewer && window.bddnViewer.ready") is True
+    assert wait_for_viewer(browser) is True
     assert not console_errors(browser)
     assert [url for url in requested_urls(browser) if url != page.as_uri()] == []
     assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
@@ -149,6 +168,7 @@ def test_viewer_page_in_headless_chromium(pages: dict, browser, tmp_path: Path, 
     after = _canvas_pixels(browser)
     assert np.abs(after - before).mean() > 1.0, f"switching to {other} left the canvas unchanged"
 
+    _check_inflated_picking(browser)
     n_layers = sum(1 for column in table if column.startswith("layer_weight_"))
     flat = mesh("flat")
     for label, (hemi, index, row) in _chosen_vertices(table, {h: flat.hemisphere(h).faces for h in ("lh", "rh")}).items():
