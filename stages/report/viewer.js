@@ -545,6 +545,8 @@
     state.surface = kind;
     document.querySelectorAll("[data-surface]").forEach(function (b) { b.classList.toggle("on", b.dataset.surface === kind); });
     document.querySelectorAll("[data-view]").forEach(function (b) { b.disabled = kind === "flat"; });
+    document.getElementById("caption").textContent = DATA.layouts[kind === "flat" ? "flat" : state.view].caption +
+      (kind === "flat" ? "" : " (drag to turn)");
     fitToView();
     requestDraw();
   }

@@ -169,6 +169,12 @@ def _threshold(fit: FitResult, arrays: _ArrayTable) -> dict[str, Any] | None:
     return {"values": arrays.add(THRESHOLD_COLUMN, values), "min": low, "max": high, "step": (high - low) / 200}
 
 
+#: What each view shows, printed over the canvas.
+_CAPTIONS = {"lateral": "lateral: left hemisphere on the left", "medial": "medial: left hemisphere on the left",
+             "ventral": "ventral: seen from below, anterior at the top, left hemisphere on the right",
+             "posterior": "posterior: seen from behind, left hemisphere on the left"}
+
+
 def _view_layouts(inflated: CorticalMesh) -> dict[str, Any]:
     """Per view, each hemisphere's camera basis (rows: right, up, towards the viewer), pivot and offset.
 
@@ -200,13 +206,13 @@ def _view_layouts(inflated: CorticalMesh) -> dict[str, Any]:
             for name in HEMISPHERES:
                 parts[name] = {"basis": _basis(*cameras[name]), "pivot": (centre - [shifted[name], 0, 0]).tolist(),
                                "offset": [0.0, 0.0, 0.0]}
-        layouts[view] = {"split": split, "hemis": parts}
+        layouts[view] = {"split": split, "hemis": parts, "caption": _CAPTIONS[view]}
     return layouts
 
 
 def _flat_layout(offsets: dict[str, np.ndarray]) -> dict[str, Any]:
     identity = np.eye(3).ravel().tolist()
-    return {"split": True, "hemis": {name: {"basis": identity, "pivot": [0.0, 0.0, 0.0],
+    return {"split": True, "caption": "flat: left hemisphere on the left", "hemis": {name: {"basis": identity, "pivot": [0.0, 0.0, 0.0],
                                             "offset": [float(offsets[name][0]), float(offsets[name][1]), 0.0]}
                                      for name in HEMISPHERES}}
 
@@ -260,6 +266,7 @@ main { flex: 1; display: flex; min-height: 0; }
 #cortex { width: 100%; height: 100%; display: block; cursor: crosshair; touch-action: none; }
 #marker { position: absolute; width: 10px; height: 10px; border: 2px solid #000; border-radius: 50%; pointer-events: none; }
 #marker.pinned { border-color: #d62728; }
+#caption { position: absolute; left: 8px; top: 6px; color: #444; font-size: 12px; pointer-events: none; }
 #help { position: absolute; left: 8px; bottom: 6px; color: #666; font-size: 11px; pointer-events: none; }
 #nogl { position: absolute; inset: 30% 10%; font-size: 15px; }
 aside { width: 340px; overflow-y: auto; border-left: 1px solid #ddd; padding: 8px 10px; }
@@ -280,7 +287,7 @@ _PAGE = """<!DOCTYPE html>
 <link rel="icon" href="data:,"><title>@@title@@</title><style>@@style@@</style></head><body>
 <header><h1>@@title@@</h1><p>@@note@@</p></header>
 <main><div id="stage"><canvas id="cortex"></canvas><div id="marker" hidden></div>
-<div id="help">drag: rotate · shift-drag or right-drag: pan · wheel: zoom · hover: read a vertex · click: pin it</div>
+<div id="caption"></div><div id="help">drag: rotate · shift-drag or right-drag: pan · wheel: zoom · hover: read a vertex · click: pin it</div>
 <div id="nogl" hidden>This viewer draws with WebGL 2, which this browser has turned off or does not offer.</div></div>
 <aside>
 <h2>Surface</h2><button data-surface="inflated" class="on">inflated</button><button data-surface="flat">flat</button>

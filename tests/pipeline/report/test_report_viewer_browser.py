@@ -23,7 +23,7 @@ from stages.fit.result import FitResult, layer_weight_column
 from stages.report.compare import average_fits
 from stages.report.config import ReportConfig
 
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.skipif(
     browser_tools() is None, reason="needs chromium and chromedriver (apt-get install chromium chromium-driver)")]
 
 CFG = ReportConfig()
