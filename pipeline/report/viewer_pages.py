@@ -11,6 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
+from cache.jsondata import to_json_data
+from cache.provenance import environment_record
+
 from pipeline.runroot import safe_name
 from pipeline.surfaces import load_mesh
 from stages.fit.result import FitResult
@@ -48,7 +51,10 @@ def write_viewer(target: Path, fit: FitResult, meshes: tuple[CorticalMesh, Corti
     maps = viewer_maps(fit, clusters=clusters, truth=truth, space_extent=cfg.space_extent or 1.0, extra=extra)
     if cfg.viewer_full_resolution and inflated.mesh != VIEWER_MESH:
         note = f"{note} Full resolution ({inflated.mesh}): this page is large and slower to open.".strip()
-    page = render_viewer(fit, maps, inflated, flat, title=title or fit_label(fit), note=note)
+    record = {"page": "bddn interactive viewer", "fit": fit_label(fit), "mesh": inflated.mesh,
+              "maps": [entry.map.name for entry in maps], "report config": to_json_data(cfg),
+              "fit config": fit.config, "fit provenance": fit.provenance, "environment": environment_record()}
+    page = render_viewer(fit, maps, inflated, flat, title=title or fit_label(fit), note=note, provenance=record)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     partial.write_text(page, encoding="utf-8")

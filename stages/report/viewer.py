@@ -39,7 +39,7 @@ THRESHOLD_COLUMN = "r2_test"
 
 
 def render_viewer(fit: FitResult, maps: Sequence[ViewerMap], inflated: CorticalMesh, flat: CorticalMesh, *,
-                  title: str, note: str = "") -> str:
+                  title: str, note: str = "", provenance: dict[str, Any] | None = None) -> str:
     """The complete viewer page (an HTML string) of ``fit`` with ``maps`` on the given meshes.
 
     Args:
@@ -48,12 +48,14 @@ def render_viewer(fit: FitResult, maps: Sequence[ViewerMap], inflated: CorticalM
         inflated, flat: the same fsaverage order, ``inflated`` and ``flat`` kinds.
         title: page heading.
         note: a line under the heading (e.g. what the page compares).
+        provenance: what produced the page (shown folded, as JSON).
     """
     payload = viewer_payload(fit, maps, inflated, flat, title=title, note=note)
     data = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
     script = resources.files("stages.report").joinpath("viewer.js").read_text(encoding="utf-8")
+    record = json.dumps(provenance or {}, indent=1, default=str, sort_keys=True)
     parts = {"title": html.escape(title), "note": html.escape(payload["note"]), "style": _STYLE, "data": data,
-             "script": script}
+             "script": script, "provenance": html.escape(record)}
     return re.sub(r"@@(\w+)@@", lambda match: parts[match.group(1)], _PAGE)
 
 
@@ -279,6 +281,7 @@ select { width: 100%; font-size: 12px; } input[type=range] { width: 210px; verti
 #readout td:last-child { text-align: right; font-variant-numeric: tabular-nums; }
 #ro-bars { width: 300px; height: 90px; } #ro-bars text { font-size: 10px; }
 #ro-bars .argmax { stroke: #000; stroke-width: 1.5; }
+details pre { font-size: 10px; white-space: pre-wrap; word-break: break-all; }
 .ro-space { display: flex; gap: 8px; align-items: center; }
 """
 
@@ -307,6 +310,7 @@ _PAGE = """<!DOCTYPE html>
 <span>x <b data-field="space_x"></b><br>y <b data-field="space_y"></b><br><small>image grid, top at the top</small></span></div>
 <h2>Values</h2><table id="ro-values"></table></div></div>
 <p id="ro-empty">Point at the surface to read a vertex.</p>
+<details><summary>Provenance</summary><pre>@@provenance@@</pre></details>
 </aside></main>
 <script type="application/json" id="viewer-data">@@data@@</script>
 <script>@@script@@</script>

@@ -28,4 +28,5 @@ def test_full_resolution_page_says_so_and_leaves_no_partial_file(tmp_path: Path)
                         clusters=np.zeros(fit.n_vertices, int))
     text = page.read_text()
     assert "Full resolution (fsaverage): this page is large" in text
+    assert "&quot;fit provenance&quot;" in text and "created_utc" in text and "&quot;viewer_full_resolution&quot;: true" in text
     assert [p.name for p in page.parent.iterdir()] == ["viewer.html"]
