@@ -418,15 +418,16 @@
     for (var l = 0; l < nLayers; l++) { var w = weightValue(row, l); if (w > top) { top = w; arg = l; } }
     var parts = [];
     for (var i = 0; i < nLayers; i++) {
-      var value = weightValue(row, i), h = Math.max(0, value) * (height - 14);
+      var value = weightValue(row, i), h = Math.max(0, value) / Math.max(top, 1e-9) * (height - 26);
       var colour = "rgb(" + DATA.layer_hues[i].join(",") + ")";
       parts.push('<rect class="bar' + (i === arg ? " argmax" : "") + '" data-layer="' + i + '" data-value="' + String(value) +
                  '" x="' + (i * bar + 1).toFixed(1) + '" y="' + (height - 12 - h).toFixed(1) + '" width="' +
                  Math.max(1, bar - 2).toFixed(1) + '" height="' + h.toFixed(1) + '" fill="' + colour + '"><title>' +
                  escapeText(DATA.layer_names[i]) + ": " + value.toFixed(3) + "</title></rect>");
     }
-    parts.push('<text x="' + Math.min(width - 2, Math.max(2, (arg + 0.5) * bar)).toFixed(1) + '" y="' + (height - 1) +
+    parts.push('<text x="' + Math.min(width - 40, Math.max(40, (arg + 0.5) * bar)).toFixed(1) + '" y="' + (height - 1) +
                '" text-anchor="middle">▲ ' + escapeText(DATA.layer_names[arg]) + "</text>");
+    parts.push('<text x="0" y="10">max ' + top.toFixed(3) + " (bars scaled to it)</text>");
     svg.innerHTML = parts.join("");
     svg.setAttribute("data-argmax", String(arg));
   }
@@ -502,7 +503,8 @@
       var w = map.legend === "layer" ? 200 : 80;
       ctx.drawImage(tile, 40, 4, w, 80);
       if (map.legend === "layer") {
-        ctx.fillText("entropy 0", 0, 12); ctx.fillText("1", 28, 84);
+        ctx.fillText("0", 30, 12); ctx.fillText("1", 30, 84);
+        ctx.save(); ctx.translate(12, 70); ctx.rotate(-Math.PI / 2); ctx.fillText("entropy", 0, 0); ctx.restore();
         ctx.fillText("first layer", 40, 98); ctx.fillText("last", 40 + w - 24, 98);
         text.textContent = "hue: most-weighted layer; dark: undecided (high entropy)";
       } else {
