@@ -297,11 +297,14 @@
   }
 
   /* ---------- camera ---------- */
+  /* Frame the whole surface; on the flat sheets, the fit's vertices with a margin (as the static flatmaps). */
   function fitToView() {
     var low = [Infinity, Infinity], high = [-Infinity, -Infinity];
+    var crop = state.surface === "flat" && DATA.n_shown > 0;
     HEMIS.forEach(function (h) {
-      var coords = hemis[h].surfaces[state.surface].coords, model = modelOf(h);
+      var coords = hemis[h].surfaces[state.surface].coords, model = modelOf(h), rows = hemis[h].rows;
       for (var i = 0; i < coords.length; i += 3) {
+        if (crop && rows[i / 3] < 0) continue;
         var p = apply3(model.m, [coords[i], coords[i + 1], coords[i + 2]]);
         for (var a = 0; a < 2; a++) {
           var q = p[a] + model.t[a];
@@ -310,6 +313,11 @@
         }
       }
     });
+    if (crop) {
+      var margin = 0.25 * Math.max(high[0] - low[0], high[1] - low[1]);
+      low = [low[0] - margin, low[1] - margin];
+      high = [high[0] + margin, high[1] + margin];
+    }
     state.centre = [(low[0] + high[0]) / 2, (low[1] + high[1]) / 2];
     state.scale = 0.94 * Math.min(canvas.clientWidth / (high[0] - low[0]), canvas.clientHeight / (high[1] - low[1]));
   }
