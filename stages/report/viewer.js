@@ -411,7 +411,8 @@
     readout.setAttribute("data-has-data", has ? "1" : "0");
     if (!has) { setField("roi", "–"); return; }
     setField("roi", DATA.roi.names[roiCodes[row]] || "none", DATA.roi.names[roiCodes[row]]);
-    setField("vertex", String(arrays.vertex[row]), arrays.vertex[row]);
+    var vertex = arrays[DATA.columns.vertex][row];
+    setField("vertex", String(vertex), vertex);
     drawBars(row);
     drawSpace(row);
     DATA.readout.forEach(function (item) {
@@ -445,7 +446,7 @@
   }
 
   function drawSpace(row) {
-    var x = arrays.space_x[row], y = arrays.space_y[row];
+    var x = arrays[DATA.columns.space_x][row], y = arrays[DATA.columns.space_y][row];
     setField("space_x", format(x, 2), x);
     setField("space_y", format(y, 2), y);
     var c = document.getElementById("ro-space"), ctx = c.getContext("2d"), size = c.width;

@@ -88,8 +88,8 @@ def viewer_payload(fit: FitResult, maps: Sequence[ViewerMap], inflated: Cortical
                           for kind, edges in outlines.items()}}
     shown = sum(int((np.asarray(rows[name]) >= 0).sum()) for name in HEMISPHERES)
     roi_names, roi_codes = np.unique(np.asarray(fit.vertices["roi"]).astype(str), return_inverse=True)
-    for column in ("vertex", "space_x", "space_y"):
-        arrays.add(column, np.asarray(fit.vertices[column], dtype=np.float64))
+    columns = {column: arrays.add(column, np.asarray(fit.vertices[column], dtype=np.float64))
+               for column in ("vertex", "space_x", "space_y")}
     fields = readout_fields(fit)
     threshold = _threshold(fit, arrays)
     map_specs, cmaps = [], {}
@@ -109,7 +109,7 @@ def viewer_payload(fit: FitResult, maps: Sequence[ViewerMap], inflated: Cortical
         "readout": [_readout_spec(item, arrays) for item in fields],
         "maps": map_specs, "cmaps": {name: _encode(_lut(name), "u8") for name in cmaps},
         "legends": {"layer": _image(layer_bar), "space": _image(space_colour_square(64))},
-        "threshold": threshold, "arrays": arrays.encoded,
+        "threshold": threshold, "arrays": arrays.encoded, "columns": columns,
     }
 
 

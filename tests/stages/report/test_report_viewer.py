@@ -95,6 +95,17 @@ def test_truth_adds_its_maps_and_the_differences_on_shared_vertices() -> None:
     assert maps["truth_layer"].group == "planted truth" and maps["minus_truth_diff_scale"].group == "fit minus truth"
 
 
+def test_identical_columns_are_stored_once_and_still_found() -> None:
+    fit = planted_fit()
+    fit.vertices["space_x"] = np.full(fit.n_vertices, np.nan, np.float32)  # a ridge fit has no sample point
+    fit.vertices["space_y"] = np.full(fit.n_vertices, np.nan, np.float32)
+    payload = _payload(fit)
+    keys = payload["columns"]
+    assert keys["space_x"] == keys["space_y"] and keys["space_x"] in payload["arrays"]
+    assert np.isnan(_decode(payload["arrays"][keys["space_y"]])).all()
+    np.testing.assert_array_equal(_decode(payload["arrays"][keys["vertex"]]), fit.vertices["vertex"])
+
+
 def test_finer_fit_shows_its_fsaverage5_subset_and_says_so() -> None:
     fit = planted_fit()
     index = np.asarray(fit.vertices["fsaverage_index"]).copy()
