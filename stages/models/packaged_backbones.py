@@ -20,36 +20,30 @@ import torch
 
 from cache.errors import InvalidInputError, WeightsUnavailableError
 from cache.provenance import hash_file
-from stages.models.base import LayerTokens, ModelInfo
-from stages.models.block_tokens import FrozenFeatureModel, grid_tokens
+from stages.models.base import ModelInfo
+from stages.models.block_tokens import StemBlocksModel, block_widths
 from stages.models.fetch import weights_unavailable_on_failure
 from stages.models.preprocess import reference_preprocessing as reference_preset
 from stages.models.timm_backbones import timm_preprocessing
 
 
-class TimmBlockBackbone(FrozenFeatureModel):
+class TimmBlockBackbone(StemBlocksModel):
     """A timm EfficientNet-style CNN (``conv_stem``, ``bn1``, staged ``blocks``, ``conv_head``, ``bn2``)
     run block by block; each block's output map, then the head's, is one :class:`LayerTokens`."""
 
     def __init__(self, backbone: torch.nn.Module, *, info: ModelInfo) -> None:
-        super().__init__(backbone)
-        self.info = info
-        self.stem = torch.nn.Sequential(backbone.conv_stem, backbone.bn1)
-        self.blocks = torch.nn.ModuleList(block_modules(backbone))
-
-    def block_tokens(self, pixels: torch.Tensor) -> list[LayerTokens]:
-        hidden = self.stem(pixels)
-        tokens = []
-        for block in self.blocks:
-            hidden = block(hidden)
-            tokens.append(grid_tokens(hidden))
-        return tokens
+        super().__init__(backbone, info=info, stem=stem_module(backbone), blocks=block_modules(backbone))
 
 
 def block_names(backbone: torch.nn.Module) -> tuple[str, ...]:
     """``blocks.<stage>.<block>`` for every block, then ``conv_head``."""
     names = [f"blocks.{stage}.{index}" for stage, blocks in enumerate(backbone.blocks) for index in range(len(blocks))]
     return (*names, "conv_head")
+
+
+def stem_module(backbone: torch.nn.Module) -> torch.nn.Module:
+    """The stem: ``conv_stem`` followed by ``bn1`` (with its activation)."""
+    return torch.nn.Sequential(backbone.conv_stem, backbone.bn1)
 
 
 def block_modules(backbone: torch.nn.Module) -> list[torch.nn.Module]:
@@ -111,24 +105,11 @@ def load_packaged_timm(
         source=f"timm:{name}+{distribution}/{filename}",
         weights=record,
         layer_names=block_names(module),
-        n_channels=_widths(module),
+        n_channels=block_widths(module, stem_module(module), block_modules(module)),
         preprocessing=reference_preset(224) if reference_preprocessing else timm_preprocessing(dict(module.pretrained_cfg)),
         extra={"library": "timm", "tokens": "every block's output map; global token = spatial mean"},
     )
     return TimmBlockBackbone(module, info=info)
-
-
-def _widths(module: torch.nn.Module) -> tuple[int, ...]:
-    """n_channels of every block's output, from one small dry run (64x64 zeros)."""
-    parameter = next(module.parameters())
-    hidden = torch.zeros(1, 3, 64, 64, dtype=parameter.dtype, device=parameter.device)
-    widths = []
-    with torch.no_grad():
-        hidden = module.bn1(module.conv_stem(hidden))
-        for block in block_modules(module):
-            hidden = block(hidden)
-            widths.append(int(hidden.shape[1]))
-    return tuple(widths)
 
 
 def _read_checked(path: Path, *, sha256: str, model_id: str, distribution: str) -> dict[str, torch.Tensor]:
