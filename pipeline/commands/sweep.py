@@ -60,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          help="address of a running dask.distributed scheduler (tcp://host:8786), e.g. one started "
                               "by dask-jobqueue or dask-kubernetes; GPU workers need --resources GPU=1")
     compute.add_argument("--threads", type=int, default=None, metavar="N",
-                         help="torch threads per task (default: the cores divided by the local workers)")
+                         help="torch threads per task (default: the cores divided by the local workers; with "
+                              "--scheduler, torch's own default on each worker)")
     compute.add_argument("--device", default="auto",
                          help="device of every extraction and fit: auto (CUDA when available), cpu, cuda, cuda:N; "
                               "tasks on CUDA ask the cluster for one GPU resource each")
@@ -74,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Plan, skip what is up to date, run the rest on dask, write the table and the comparison; non-zero when a
     task failed (each failure listed with the command that reruns it)."""
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1 or (args.threads is not None and args.threads < 1):
+        raise ConfigError(f"--workers and --threads must be at least 1, got {workers} and {args.threads}")
     run_root = runroot.resolve_run_root(args.run_root)
     request = _request(args, run_root)
     folder = sweep_dir(run_root, request.name)
@@ -85,10 +89,7 @@ def run(args: argparse.Namespace) -> int:
     device_args = ("--device", args.device)
     tasks = [Task(t.key, t.kind, t.model, t.subjects, t.method, (*t.argv, *device_args), t.outputs, t.depends)
              for t in tasks]
-    workers = args.workers or default_workers()
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    threads = args.threads or max(1, _cores() // (1 if args.scheduler else workers))
+    threads = args.threads or (0 if args.scheduler else max(1, _cores() // workers))
     context = TaskContext(records=run_root / "sweeps" / ".records", logs=folder / "logs", data=request.data,
                           data_root=root, folders=tuple(folders), lists=tuple(lists),
                           store_paths={t.model: t.outputs[0] for t in tasks if t.kind == "store"}, threads=threads,
@@ -100,8 +101,9 @@ def run(args: argparse.Namespace) -> int:
     if pending:
         gpu = uses_gpu(args.device)
         where = args.scheduler or f"a local cluster of {1 if gpu else workers} worker(s)"
-        print(f"sweep {request.name}: {len(pending)} of {len(tasks)} task(s) to run on {where}, {threads} torch "
-              f"thread(s) each{'; one GPU per task' if gpu else ''}", file=sys.stderr)
+        each = f"{threads} torch thread(s) each" if threads else "torch threads as the workers set them"
+        print(f"sweep {request.name}: {len(pending)} of {len(tasks)} task(s) to run on {where}, {each}"
+              f"{'; one GPU per task' if gpu else ''}", file=sys.stderr)
         with open_client(workers=workers, scheduler=args.scheduler, gpu=gpu) as client:
             rows += submit_tasks(client, pending, context, gpu=gpu, report=report)
     elif all(row["status"] == "skipped" for row in rows):

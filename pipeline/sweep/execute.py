@@ -37,10 +37,12 @@ def default_workers() -> int:
 
 
 def uses_gpu(device: str) -> bool:
-    """Whether tasks run with ``device`` land on a CUDA device here."""
-    from stages.device import resolve_device
+    """Whether tasks run with ``device`` need a GPU: ``cuda``/``cuda:N``, or ``auto`` on a machine with CUDA."""
+    if device == "auto":
+        import torch
 
-    return resolve_device(device).type == "cuda"
+        return torch.cuda.is_available()
+    return device.startswith("cuda")
 
 
 @contextlib.contextmanager

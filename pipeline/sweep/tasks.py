@@ -39,7 +39,7 @@ class TaskContext:
         data, data_root: the subjects' data kind and folder.
         folders, lists: the image set's sources (for store identities).
         store_paths: model -> its store, for fit identities.
-        threads: torch threads per task.
+        threads: torch threads per task (0: torch's own default, e.g. on an existing cluster's workers).
         device: the device flag the tasks run with (``auto``, ``cpu``, ``cuda:1``...).
     """
 
@@ -74,7 +74,8 @@ def run_task(task: Task, context: TaskContext, upstream: dict[str, Any] | None =
         return base_row(task, "blocked", error=f"{upstream['task']} {upstream['status']}")
     import torch
 
-    torch.set_num_threads(max(1, context.threads))
+    if context.threads > 0:
+        torch.set_num_threads(context.threads)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     device = str(resolve_device(context.device))
     identity = task_identity(task, context)

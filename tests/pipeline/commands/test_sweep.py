@@ -170,13 +170,18 @@ def test_a_worker_killed_mid_sweep_leaves_identical_outputs(base: Path, sequenti
 
 def test_a_broken_subject_fails_alone_and_is_listed(base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """On an existing cluster (--scheduler), as dask-jobqueue or dask-kubernetes users run it."""
+    from distributed import LocalCluster
+
     runs = _copy(base, tmp_path, monkeypatch)
     fmri = runs / "synthetic" / "subj02" / "training_split" / "training_fmri"
     for path in fmri.iterdir():
         path.write_bytes(b"not an array")
     capsys.readouterr()
-    status = cli.main(["--run-root", str(runs), "sweep", "--models", "mobilenet_v2", "--subjects", "1", "2", "7",
-                       "--methods", "ridge", "--workers", "2", "--name", "broken", "--no-report"])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        status = cli.main(["--run-root", str(runs), "sweep", "--models", "mobilenet_v2", "--subjects", "1", "2", "7",
+                           "--methods", "ridge", "--scheduler", cluster.scheduler_address, "--name", "broken",
+                           "--no-report"])
     assert status == 1
     err = capsys.readouterr().err
     table = pd.read_parquet(runs / "sweeps" / "broken" / "sweep.parquet").set_index("task")
@@ -188,5 +193,6 @@ def test_a_broken_subject_fails_alone_and_is_listed(base: Path, tmp_path: Path, 
     assert "subj07 does not exist" in table.loc["fit/mobilenet_v2/subj07/ridge", "error"]
     assert "2 task(s) did not finish" in err
     assert "rerun alone: bddn --run-root" in err and "--subject 2 --method ridge" in err
-    assert "or rerun the sweep (finished tasks are skipped): bddn --run-root" in err
+    assert "or rerun the sweep (finished tasks are skipped): bddn --run-root" in err and "--scheduler tcp://" in err
+    assert f"to run on {cluster.scheduler_address}" in err
     assert (runroot.fit_dir(runs, "mobilenet_v2", "subj01", "ridge") / "fit.json").is_file()
