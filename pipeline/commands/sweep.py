@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     compute = parser.add_argument_group("compute")
     cluster = compute.add_mutually_exclusive_group()
     cluster.add_argument("--workers", type=int, default=None, metavar="N",
-                         help=f"worker processes of a local dask cluster (default {default_workers()}: half the cores; "
-                              "on CUDA one per GPU)")
+                         help=f"worker processes of a local dask cluster (default here {default_workers()}: half the "
+                              "cores, at least 2, at most one per 4 GB of memory; on CUDA one per GPU)")
     cluster.add_argument("--scheduler", default=None, metavar="ADDRESS",
                          help="address of a running dask.distributed scheduler (tcp://host:8786), e.g. one started "
                               "by dask-jobqueue or dask-kubernetes; GPU workers need --resources GPU=1")

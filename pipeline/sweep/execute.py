@@ -31,9 +31,17 @@ from pipeline.sweep.tasks import TaskContext, base_row, run_task
 RETRIES = 1
 
 
+#: Host memory to plan per local worker (a worker running an embedded CNN's extraction or fit peaked at ~2.7 GB).
+GB_PER_WORKER = 4
+
+
 def default_workers() -> int:
-    """Worker processes of a local cluster: half the cores (at least one), so each task's torch gets two threads."""
-    return max(1, (os.cpu_count() or 1) // 2)
+    """Worker processes of a local cluster: half the cores, at least two (on two cores, two one-thread workers
+    finished bench/sweep.py's sweep in half the time of one two-thread worker), at most one per 4 GB of memory."""
+    import psutil
+
+    by_memory = int(psutil.virtual_memory().total / 1e9 // GB_PER_WORKER)
+    return max(1, min(max(2, (os.cpu_count() or 1) // 2), by_memory))
 
 
 def uses_gpu(device: str) -> bool:
