@@ -1,7 +1,7 @@
 """Whether a sweep task's finished output still matches what the plan asks for.
 
 Each finished task leaves a record in ``<run root>/sweeps/.records/`` (shared by every
-sweep, keyed by the task, e.g. ``fit/mobilenet_v2/subj01/ridge``): the task's *identity*
+sweep, keyed by the task's output, e.g. ``fits__mobilenet_v2__subj01-ridge.json``): the task's *identity*
 and a fingerprint of each output. A task is up to date when both still match:
 
 - store task identity: its ``bddn features`` command line and every image file's id, path,
@@ -91,8 +91,10 @@ def output_fingerprints(task: Task) -> dict[str, str] | None:
 
 
 def record_path(records: Path, task: Task) -> Path:
-    """The record file of ``task`` in the folder ``records``."""
-    return records / (task.key.replace("/", "__") + ".json")
+    """The record file of ``task`` in ``records`` (``<run root>/sweeps/.records``), named after the task's first
+    output relative to the run root, so sweeps that share an output share its record."""
+    where = os.path.relpath(task.outputs[0], records.parent.parent)
+    return records / (where.replace(os.sep, "__") + ".json")
 
 
 def is_up_to_date(records: Path, task: Task, identity: str | None) -> bool:
