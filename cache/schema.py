@@ -17,6 +17,10 @@ Feature chunks are compressed with zstd and carry a CRC-32C checksum (``cache.fo
 ``cache.integrity`` checks a finished store. Stores made before ``chunk_bytes``,
 ``image_digest`` or the checksum existed still open; those checks are skipped for them.
 
+A store can gain images (``cache.extend``): new ids are appended after the stored ones, the
+schema record's ``n_images`` and ``image_ids_sha256`` change (and ``extensions`` lists each
+growth: ``from_n_images``, ``added``); an ``extending`` entry marks a growth in progress.
+
 Every array carries Zarr v3 ``dimension_names``: ``image``, ``channel_{i}`` (channel
 widths differ between layers, so each layer has its own channel dimension),
 ``grid{g}_y``/``grid{g}_x`` and ``chunk``, so ``xarray.open_zarr`` labels them.

@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 
 from cache.batches import FeatureBatch, BlockReader, iter_feature_batches, read_features
+from cache.extend import refuse_unfinished_extension
 from cache.errors import IncompleteStoreError, InvalidInputError, MissingInputError, StoreMismatchError
 from cache.folder import CHUNK_BYTES, IMAGE_DIGEST, RECORD_ARRAYS, SHOWN, build_store, chunk_file, describe_id_changes, probe_store, remove_store, validated_ids
 from cache.provenance import hash_strings
@@ -163,6 +164,7 @@ class FeatureStore:
                 f"feature store {path} was never fully created (creation was interrupted); "
                 f"rerun `bddn features` with --overwrite to rebuild it")
         group = zarr.open_group(path, mode="r+")
+        refuse_unfinished_extension(path, group.attrs[SCHEMA_KEY])
         version = group.attrs[SCHEMA_KEY].get("format_version")
         if version != FORMAT_VERSION:
             raise InvalidInputError(

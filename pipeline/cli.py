@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "pipeline.commands.fit",
     "pipeline.commands.figures",
     "pipeline.commands.compare",
+    "pipeline.commands.sweep",
 )
 
 

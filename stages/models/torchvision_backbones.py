@@ -16,29 +16,18 @@ import torch
 
 from cache.errors import InvalidInputError, WeightsUnavailableError
 from cache.provenance import hash_file
-from stages.models.base import LayerTokens, ModelInfo, Preprocessing
+from stages.models.base import ModelInfo, Preprocessing
 from stages.models.fetch import weights_unavailable_on_failure
 from stages.models.preprocess import reference_preprocessing as reference_preset
-from stages.models.block_tokens import FrozenFeatureModel, grid_tokens
+from stages.models.block_tokens import StemBlocksModel, block_widths
 
 
-class TorchvisionBackbone(FrozenFeatureModel):
+class TorchvisionBackbone(StemBlocksModel):
     """A torchvision CNN run block by block; each block's output map is one :class:`LayerTokens`."""
 
     def __init__(self, backbone: torch.nn.Module, *, info: ModelInfo) -> None:
-        super().__init__(backbone)
-        self.info = info
         stem, blocks = split_blocks(backbone, model_id=info.model_id)
-        self.stem = stem
-        self.blocks = torch.nn.ModuleList(block for _, block in blocks)
-
-    def block_tokens(self, pixels: torch.Tensor) -> list[LayerTokens]:
-        hidden = self.stem(pixels)
-        tokens = []
-        for block in self.blocks:
-            hidden = block(hidden)
-            tokens.append(grid_tokens(hidden))
-        return tokens
+        super().__init__(backbone, info=info, stem=stem, blocks=[block for _, block in blocks])
 
 
 def split_blocks(model: torch.nn.Module, *, model_id: str) -> tuple[torch.nn.Module, list[tuple[str, torch.nn.Module]]]:
@@ -68,16 +57,7 @@ def wrap_torchvision_model(
 ) -> TorchvisionBackbone:
     """Wrap an already-built torchvision CNN; widths come from one small dry run (64x64 zeros)."""
     stem, blocks = split_blocks(module, model_id=model_id)
-    was_training = module.training
-    module.eval()
-    widths = []
-    with torch.no_grad():
-        parameter = next(module.parameters())
-        hidden = stem(torch.zeros(1, 3, 64, 64, dtype=parameter.dtype, device=parameter.device))
-        for _, block in blocks:
-            hidden = block(hidden)
-            widths.append(int(hidden.shape[1]))
-    module.train(was_training)
+    widths = block_widths(module, stem, [block for _, block in blocks])
     info = ModelInfo(
         model_id=model_id,
         source=source or f"torchvision:{type(module).__name__}",

