@@ -21,6 +21,7 @@ from cache.jsondata import to_json_data
 from cache.provenance import environment_record
 from stages.fit.config import FitConfig
 from stages.fit.inputs import store_model_id
+from stages.fit.layer_confidence import LayerSets
 from stages.fit.metrics import noise_normalised, pearson_r, r2_score
 from stages.fit.result import FitResult, layer_summary, layer_weight_column
 from stages.fit.weights_file import subject_weights, write_fit_weights
@@ -113,7 +114,8 @@ def score_summary(columns: dict[str, np.ndarray]) -> dict[str, float]:
 def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: FitConfig, *,
                      layer_names: tuple[str, ...], predictions: dict[str, np.ndarray],
                      targets: dict[str, np.ndarray], standardisation: Any, history: list[dict[str, Any]],
-                     summary: dict[str, Any], subject_index: int = 0) -> TrainedFit:
+                     summary: dict[str, Any], subject_index: int = 0,
+                     layer_sets: LayerSets | None = None) -> TrainedFit:
     """Assemble the per-vertex table, metrics, config and provenance of a trained FactorTopy fit.
 
     Args:
@@ -127,6 +129,8 @@ def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: 
         history: per-epoch metrics.
         summary: run facts (epochs, timings, device, precision...).
         subject_index: which of the model's subjects ``subject`` is (its read-out and vertices).
+        layer_sets: the warm start's layer sets; their columns (``layer_confidence``,
+            ``layer_set_size``...) describe the layer the map shows (the argmax of the layer weights).
     """
     with torch.no_grad():
         chosen = model.selections(subject=subject_index)
@@ -135,6 +139,8 @@ def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: 
         scale = chosen.scale.float().cpu().numpy()
         levels = None if chosen.scale_levels is None else chosen.scale_levels.float().cpu().numpy()
     vertices = vertex_columns(subject, weights)
+    if layer_sets is not None:
+        vertices.update(layer_sets.columns(vertices["layer_argmax"]))
     vertices.update({"space_x": space[:, 0], "space_y": space[:, 1], "scale": scale.astype(np.float32)})
     if levels is not None:
         for index in range(levels.shape[1]):
