@@ -28,6 +28,9 @@ class ReportConfig:
             map's colour square spans; ``None`` picks one for all fits drawn together
             (:func:`stages.report.colours.auto_space_extent`).
         clusters: channel clustering (20 clusters from 1000 k-means centroids by default).
+        alpha: false discovery rate in (0, 1): when set, the maps (except significance and noise
+            ceiling), ROI tables and hierarchy scores of fits with q-values keep only the vertices
+            with ``q_value <= alpha``; ``None`` keeps every vertex.
     """
 
     formats: tuple[str, ...] = ("png",)
@@ -37,6 +40,7 @@ class ReportConfig:
     inflated_maps: tuple[str, ...] = ("layer", "space")
     space_extent: float | None = None
     clusters: ClusterConfig = ClusterConfig()
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -46,6 +50,9 @@ class ReportConfig:
             raise ConfigError(f"dpi {self.dpi} is outside 30..1200")
         if self.space_extent is not None and not 0.0 < self.space_extent <= 1.0:
             raise ConfigError(f"space_extent {self.space_extent} is outside (0, 1]")
+        if self.alpha is not None and not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"alpha {self.alpha} is outside (0, 1): it is the false discovery rate at which vertices "
+                              f"count as significant, e.g. 0.05")
         if not 100 <= self.resolution <= 8000:
             raise ConfigError(f"resolution {self.resolution} is outside 100..8000 pixels")
 
