@@ -126,8 +126,6 @@ def _replace(subject, **changes):
 def test_ridge_reports_layer_sets_p_values_and_r2_replicates(store, make_subject, tmp_path):
     """The layer set always holds the chosen (best leave-one-out) layer; p/q-values and the test-R^2 replicates
     come with the fit and survive saving; layer_resamples=0 leaves the layer-set columns out."""
-    from stages.fit.result import FitResult
-
     subject, _ = make_subject(n_vertices=12, noise=0.5, seed=3, n_val=20, n_test=20)
     fit = fit_ridge(store, subject, RidgeConfig(alphas=(0.1, 1.0, 10.0), layer_resamples=50))
     v = fit.vertices
