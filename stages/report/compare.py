@@ -27,7 +27,8 @@ from stages.report.summaries import score_hierarchy
 #: Offset separating right-hemisphere vertex keys from left ones.
 _RH_OFFSET = 1 << 40
 #: Per-vertex columns averaged across subjects (besides the layer weights).
-AVERAGED_COLUMNS = ("space_x", "space_y", "scale", "r2_test", "r2_val", "r2_test_nc", "r2_val_nc", "noise_ceiling")
+AVERAGED_COLUMNS = ("space_x", "space_y", "scale", "r2_test", "r2_val", "r2_test_nc", "r2_val_nc", "noise_ceiling",
+                    "layer_confidence", "layer_set_size")
 
 
 def fit_label(fit: FitResult) -> str:

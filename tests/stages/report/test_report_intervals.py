@@ -68,3 +68,30 @@ def test_a_hierarchy_without_spread_within_areas_has_a_point_interval_and_overla
     assert score.low == pytest.approx(score.spearman) and score.high == pytest.approx(score.spearman)
     assert intervals_overlap((0.1, 0.5), (0.4, 0.9)) and not intervals_overlap((0.1, 0.3), (0.4, 0.9))
     assert not intervals_overlap((np.nan, 0.3), (0.1, 0.9))
+
+
+def test_compare_says_whether_hierarchy_scores_differ_beyond_their_intervals():
+    from stages.report.compare import compare_hierarchy_scores
+
+    ordered, shuffled = with_statistics(planted_fit(seed=1)), planted_fit(seed=1, shuffle=True)
+    table = compare_hierarchy_scores([ordered, shuffled, ordered])
+    assert list(table["differ"]) == [True, False, True]
+    first = table.iloc[0]
+    assert first["low_first"] <= first["spearman_first"] + 1e-9 and first["difference"] < 0
+    significant = compare_hierarchy_scores([ordered, ordered], alpha=0.05)
+    assert not significant["differ"].iloc[0]
+
+
+def test_maps_with_alpha_blank_the_vertices_that_are_not_significant():
+    from stages.report.maps import fit_maps
+
+    fit = with_statistics(planted_fit())
+    keep = np.asarray(fit.vertices["q_value"]) <= 0.05
+    maps = {m.name: m for m in fit_maps(fit, alpha=0.05)}
+    assert {"layer_confidence", "layer_set_size", "significance"} <= set(maps)
+    assert np.isnan(maps["layer"].colours[~keep]).all() and np.isfinite(maps["layer"].colours[keep]).all()
+    assert np.isnan(maps["r2_test"].values[~keep]).all() and np.isnan(maps["layer_confidence"].values[~keep]).all()
+    assert np.isfinite(maps["significance"].values).all()
+    assert f"{keep.sum()} of {fit.n_vertices} vertices" in maps["scale"].title
+    whole = {m.name: m for m in fit_maps(fit)}
+    assert np.isfinite(whole["r2_test"].values).all()
