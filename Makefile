@@ -77,6 +77,7 @@ bench: setup
 	$(BIN)/python bench/store_read.py
 	$(BIN)/python bench/fit.py
 	$(BIN)/python bench/recovery.py
+	$(BIN)/python bench/layer_confidence.py
 
 clean:
 	rm -rf $(RUN_ROOT)
