@@ -13,13 +13,17 @@ layer is hard for its neighbours too):
   images with replacement), and ``L^b_l = sum_i w_bi e_il^2 / sum_i w_bi``. Only the
   weighted sums are kept: memory ``n_resamples x n_layers x n_vertices`` floats, whatever
   the number of images; the fits themselves are not refitted per replicate.
-* **The 90 % layer set** (multiple comparisons with the best, Hsu 1996, calibrated by the
-  bootstrap): layer ``l`` is in the set when its deficit against the best other layer,
-  ``L_l - min_{k != l} L_k``, is no larger than the ``level`` quantile over replicates of
-  ``max_{k != l} [(L^b_l - L^b_k) - (L_l - L_k)]``, the largest chance deficit it could
-  show if it were truly the best. The truly best layer is kept with probability about
-  ``level`` (more when the others are clearly worse), so the set is a confidence set
-  for the best layer; its size says how many layers are interchangeable at that vertex.
+* **The 90 % layer set**: the layers not distinguishably worse than the best. With ``h`` the
+  layer of smallest error, layer ``l`` is in the set unless its deficit ``L_l - L_h`` exceeds the
+  ``level`` quantile over replicates of the centred deficit ``(L^b_l - L^b_h) - (L_l - L_h)``,
+  i.e. unless a one-sided bootstrap test at ``1 - level`` says it is worse than ``h``. ``h``
+  itself is always in. The truly best layer is in the set for about ``level`` of the vertices:
+  somewhat less where several layers nearly tie (``h`` is picked from the same data; 0.83 in
+  simulations with three tied layers), more where the others are clearly worse. On the
+  synthetic subject the planted layer falls in this set for 0.875 of the vertices
+  (``bench/recovery.py``). The stricter rule of multiple comparisons with the
+  best (Hsu 1996: the deficit against *every* other layer at once) kept it for 0.993 but with
+  9 of 19 layers per vertex, too wide to say anything, so it is not used.
 * **Confidence** of a layer: the fraction of replicates in which it has the smallest
   error (bootstrap selection frequency, 0..1). A fit reports it for the layer its map shows.
 
@@ -149,33 +153,22 @@ def layer_sets(errors: torch.Tensor, replicates: torch.Tensor, *, level: float =
         level: nominal coverage of the set, in (0, 1).
 
     Returns:
-        the sets (layer ``l`` kept when ``L_l - min_{k!=l} L_k`` is at most the ``level``
-        quantile of ``max_{k!=l}`` of the centred replicate differences) and selection frequencies.
+        the sets (layer ``l`` kept when its deficit ``L_l - L_h`` against the best layer ``h`` is at most
+        the ``level`` quantile of the centred replicate deficits) and selection frequencies.
     """
     n_resamples, n_layers, n_vertices = replicates.shape
-    if n_layers == 1:
-        return LayerSets(in_set=np.ones((n_vertices, 1), dtype=bool),
-                         best_frequency=np.ones((n_vertices, 1), dtype=np.float32), level=level,
-                         n_resamples=n_resamples)
     in_set = np.zeros((n_vertices, n_layers), dtype=bool)
     frequency = np.zeros((n_vertices, n_layers), dtype=np.float32)
     for start in range(0, n_vertices, VERTEX_BLOCK):
         block = slice(start, start + VERTEX_BLOCK)
         full, boot = errors[:, block].double(), replicates[:, :, block].double()
-        deficit = full - _min_of_others(full[None])[0]                                         # (L, v)
+        best = full.argmin(dim=0, keepdim=True)                                                # (1, v)
+        deficit = full - full.gather(0, best)                                                  # (L, v)
         centred = boot - full[None]
-        chance = torch.quantile(centred - _min_of_others(centred), level, dim=0)             # (L, v)
+        chance = torch.quantile(centred - centred.gather(1, best[None].expand(n_resamples, 1, -1)), level, dim=0)
         in_set[block] = (deficit <= chance).T.cpu().numpy()
-        best = boot.argmin(dim=1)                                                              # (B, v)
-        counts = torch.zeros(n_layers, best.shape[1], dtype=torch.float64, device=best.device)
-        counts.scatter_add_(0, best, torch.ones_like(best, dtype=torch.float64))
+        winners = boot.argmin(dim=1)                                                           # (B, v)
+        counts = torch.zeros(n_layers, winners.shape[1], dtype=torch.float64, device=winners.device)
+        counts.scatter_add_(0, winners, torch.ones_like(winners, dtype=torch.float64))
         frequency[block] = (counts / n_resamples).T.cpu().numpy()
     return LayerSets(in_set=in_set, best_frequency=frequency, level=level, n_resamples=n_resamples)
-
-
-def _min_of_others(values: torch.Tensor) -> torch.Tensor:
-    """For each layer (dim 1), the minimum over the other layers; ``values`` of shape (B, L, v), L >= 2."""
-    lowest = values.topk(2, dim=1, largest=False)
-    first, second = lowest.values[:, :1], lowest.values[:, 1:2]
-    is_first = torch.arange(values.shape[1], device=values.device)[None, :, None] == lowest.indices[:, :1]
-    return torch.where(is_first, second, first)

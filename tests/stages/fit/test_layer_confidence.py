@@ -14,11 +14,10 @@ def plain_sets(errors: np.ndarray, replicates: np.ndarray, level: float) -> tupl
     in_set = np.zeros((n_vertices, n_layers), dtype=bool)
     frequency = np.zeros((n_vertices, n_layers))
     for v in range(n_vertices):
+        best = int(np.argmin(errors[:, v]))
         for layer in range(n_layers):
-            others = [k for k in range(n_layers) if k != layer]
-            deficit = errors[layer, v] - min(errors[k, v] for k in others)
-            chance = [max((replicates[b, layer, v] - replicates[b, k, v]) - (errors[layer, v] - errors[k, v])
-                          for k in others) for b in range(n_resamples)]
+            deficit = errors[layer, v] - errors[best, v]
+            chance = [(replicates[b, layer, v] - replicates[b, best, v]) - deficit for b in range(n_resamples)]
             in_set[v, layer] = deficit <= np.quantile(chance, level)
         for b in range(n_resamples):
             frequency[v, np.argmin(replicates[b, :, v])] += 1 / n_resamples
@@ -52,12 +51,14 @@ def simulate(rng: np.random.Generator, margins: np.ndarray, n_images: int, n_ver
 
 def test_the_true_best_layer_is_covered_about_as_often_as_the_level():
     """Coverage of the true best layer (0) over 400 vertices, for margins within the noise (hard case, several
-    near-ties) and clear ones (sets of one)."""
+    near-ties), one competitor within the noise, and clear margins (sets of one)."""
     rng = np.random.default_rng(1)
     hard = simulate(rng, np.array([0.0, 0.01, 0.02, 0.03, 0.06]), n_images=400, n_vertices=400).sets(level=0.9)
-    coverage = hard.in_set[:, 0].mean()
-    assert 0.85 <= coverage <= 0.99
-    assert 1.5 < hard.in_set.sum(axis=1).mean() < 5
+    coverage = hard.in_set[:, 0].mean()   # near-ties: the best is picked from the same data, a little below 0.9
+    assert 0.78 <= coverage <= 0.95
+    assert 1.5 < hard.in_set.sum(axis=1).mean() < 4
+    pair = simulate(rng, np.array([0.0, 0.03]), n_images=400, n_vertices=400).sets(level=0.9)
+    assert pair.in_set[:, 0].mean() >= 0.9 and pair.in_set.sum(axis=1).mean() < 2
     clear = simulate(rng, np.array([0.0, 0.5, 1.0]), n_images=400, n_vertices=100).sets(level=0.9)
     assert clear.in_set[:, 0].all() and (clear.in_set.sum(axis=1) == 1).all()
     assert (clear.best_frequency[:, 0] == 1).all()
