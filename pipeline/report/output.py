@@ -83,7 +83,10 @@ def write_report(figures_root: Path, inputs: Sequence[ReportInput], flat: Cortic
         section, score_row = _write_fit(figures_root, item, flat, inflated, cfg, reproduce, images)
         sections.append(section)
         scores.append(score_row)
-    overview = _write_overview(figures_root, inputs, pd.DataFrame(scores), flat, cfg, reproduce)
+    table = pd.DataFrame(scores)
+    if "significant" in table:   # a count, blank for planted truths
+        table["significant"] = table["significant"].astype("Int64")
+    overview = _write_overview(figures_root, inputs, table, flat, cfg, reproduce)
     record = {"config": to_json_data(cfg), "environment": environment_record(),
               "inputs": [str(item.source) for item in inputs]}
     (figures_root / "report.json").write_text(json.dumps(record, indent=2, default=str))

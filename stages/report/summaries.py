@@ -205,6 +205,8 @@ def score_hierarchy(fit: FitResult, summary: pd.DataFrame | None = None, *, alph
 def to_markdown(table: pd.DataFrame, *, digits: int = 3) -> str:
     """A GitHub-flavoured Markdown table of ``table`` (floats rounded to ``digits``)."""
     def cell(value: object) -> str:
+        if value is pd.NA:
+            return ""
         if isinstance(value, (float, np.floating)):
             return "" if np.isnan(value) else f"{value:.{digits}f}"
         return str(value).replace("|", "\\|")
