@@ -92,6 +92,7 @@ bench: setup
 	$(BIN)/python bench/fit.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/viewer.py
+	$(BIN)/python bench/layer_confidence.py
 
 clean:
 	rm -rf $(RUN_ROOT)

@@ -14,7 +14,9 @@ improved mode on each separately; each gives a row for the benchmarked subject a
   (the image spans 2 units, so one cell is 0.25); ridge has no sample point;
 * Spearman correlation of the fitted scale with the planted globality and with the
   planted receptive-field size;
-* mean test R^2 as a fraction of the mean noise ceiling (and the median per-vertex ratio).
+* mean test R^2 as a fraction of the mean noise ceiling (and the median per-vertex ratio);
+* for fits with layer sets, the calibration of the 90 % layer set: the share of vertices whose planted
+  layer lies in it (about 0.9 when calibrated) and its mean size (:func:`layer_set_calibration`).
 
 Targets (noise ceiling 0.4, >= 1,000 training images): layer within +-1 >= 95 %, exact
 >= 80 %, median centre error <= 1 cell, R^2 / NC >= 0.8.
@@ -94,6 +96,45 @@ def recovery_scores(fit: FitResult, truth: FitResult) -> dict[str, float]:
     }
 
 
+def layer_set_calibration(fit: FitResult, truth: FitResult) -> dict[str, float]:
+    """Calibration of the fit's 90 % layer sets against the planted layer (NaN when the fit has no layer sets).
+
+    ``layer_set_coverage``: share of vertices whose planted layer lies in the set (about 0.9 when the sets are
+    calibrated; more when layers are clearly separated); ``mean_layer_set_size``; ``shown_layer_confidence``: mean
+    layer confidence of the layer the map shows; ``confident_exact``: layer accuracy over the vertices whose set
+    holds one layer (what a reader may trust), with ``confident_share`` the share of such vertices.
+    """
+    if "layer_set_size" not in fit.vertices:
+        return {name: float("nan") for name in ("layer_set_coverage", "mean_layer_set_size", "shown_layer_confidence",
+                                                "confident_exact", "confident_share")}
+    key = lambda result: [f"{h}:{i}" for h, i in zip(result.vertices["hemisphere"], result.vertices["fsaverage_index"])]
+    position = {name: row for row, name in enumerate(key(fit))}
+    rows = np.array([position[name] for name in key(truth)])
+    planted = np.asarray(truth.vertices["layer_argmax"], dtype=int)
+    in_set = np.stack([np.asarray(fit.vertices[f"layer_in_set_{layer:02d}"])[rows]
+                       for layer in range(len(fit.layer_names))], axis=1)
+    size = np.asarray(fit.vertices["layer_set_size"])[rows]
+    single = size == 1
+    shown = np.asarray(fit.vertices["layer_argmax"], dtype=int)[rows]
+    return {"layer_set_coverage": float(in_set[np.arange(len(rows)), planted].mean()),
+            "mean_layer_set_size": float(size.mean()),
+            "shown_layer_confidence": float(np.mean(np.asarray(fit.vertices["layer_confidence"])[rows])),
+            "confident_exact": float((shown[single] == planted[single]).mean()) if single.any() else float("nan"),
+            "confident_share": float(single.mean())}
+
+
+def layer_set_table(rows: dict[str, dict]) -> str:
+    """The layer-set calibration of every method with layer sets, as a Markdown table."""
+    columns = ["layer_set_coverage", "mean_layer_set_size", "shown_layer_confidence", "confident_share",
+               "confident_exact", "layer_exact"]
+    lines = ["", "90 % layer sets against the planted layer (coverage target about 0.9):", "",
+             "| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for method, row in rows.items():
+        if np.isfinite(row.get("layer_set_coverage", float("nan"))):
+            lines.append(f"| {method} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     keep = np.isfinite(a) & np.isfinite(b)
@@ -158,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             each = [recovery_scores(f, truths[name]) for name, f in fits.items()]
             rows[f"{method}-mean"] = {**{key: float(np.mean([row[key] for row in each])) for key in each[0]},
                                       "seconds": seconds, "subjects": list(fits)}
+        rows[method].update(layer_set_calibration(fit, truths[subject.name]))
         for name in [method] + ([f"{method}-mean"] if len(fits) > 1 else []):
             print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[name].items() if isinstance(v, float)),
                   flush=True)
@@ -168,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setup": header, "results": rows}, indent=2, default=str))
     print(markdown_table(rows, header))
+    print(layer_set_table(rows))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,15 @@ def keep_artefact(path: Path, name: str) -> None:
     if artefacts:
         Path(artefacts).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(artefacts) / name)
+
+
+def with_statistics(fit, *, seed: int = 0):
+    """``fit`` with q-values (a third of the vertices not significant), layer sets and test-R^2 replicates."""
+    rng = np.random.default_rng(seed)
+    n = fit.n_vertices
+    q_values = np.where(rng.random(n) < 1 / 3, rng.uniform(0.2, 1.0, n), rng.uniform(0.0, 0.01, n))
+    vertices = {**fit.vertices, "p_value": q_values / 2, "q_value": q_values,
+                "layer_confidence": rng.uniform(0, 1, n).astype(np.float32),
+                "layer_set_size": rng.integers(1, 4, n).astype(np.int32)}
+    replicates = {"r2_test": (fit.vertices["r2_test"][None] + rng.normal(0, 0.05, (200, n))).astype(np.float32)}
+    return dataclasses.replace(fit, vertices=vertices, replicates=replicates)

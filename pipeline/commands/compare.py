@@ -9,16 +9,21 @@ from pathlib import Path
 from cache.errors import InvalidInputError
 from cache.provenance import hash_strings
 from pipeline import runroot
-from pipeline.commands.figures import add_space_extent_argument, add_viewer_arguments, build_report_config, parse_list
+from pipeline.commands.figures import (
+    add_alpha_argument, add_space_extent_argument, add_viewer_arguments, build_report_config, parse_list,
+)
 from pipeline.report.inputs import load_input, load_report_meshes
-from pipeline.report.output import save_figure
+from pipeline.report.output import save_figure, save_table
 from pipeline.report.viewer_pages import VIEWER_PAGE, average_viewer_path, viewer_meshes, write_difference_viewer, write_viewer
-from stages.report.compare import average_fits, fit_label, render_comparison_grid, render_difference
+from stages.report.compare import (
+    average_fits, compare_hierarchy_scores, fit_label, render_comparison_grid, render_difference,
+)
 from stages.report.config import with_space_extent
 
 NAME = "compare"
-HELP = ("compare fits: a grid (rows = fits, columns = maps), the subject average per model and, for two fits "
-        "of the same subject, their difference, with interactive viewer pages; written to <run root>/figures/compare/<id>/")
+HELP = ("compare fits: a grid (rows = fits, columns = maps), the subject average per model, for two fits "
+        "of the same subject their difference, for every pair whether their hierarchy scores differ beyond "
+        "their 95 % bootstrap intervals, and interactive viewer pages; written to <run root>/figures/compare/<id>/")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dpi", type=int, default=None, help="PNG resolution")
     parser.add_argument("--resolution", type=int, default=None, help="raster pixels across one flatmap")
     add_space_extent_argument(parser)
+    add_alpha_argument(parser)
     add_viewer_arguments(parser)
     parser.add_argument("--subjects-dir", type=Path, default=None, help="FreeSurfer subjects folder for larger meshes")
     parser.add_argument("--config", type=Path, default=None, help="TOML preset with a [figures] table")
@@ -70,8 +76,14 @@ def run(args: argparse.Namespace) -> int:
         if len(fits) == 2 and fits[0].subject == fits[1].subject:
             pages.append(write_difference_viewer(out / "difference" / VIEWER_PAGE, fits[0], fits[1], meshes, cfg))
         written += [{"html": page} for page in pages]
+    hierarchy = compare_hierarchy_scores(fits, alpha=cfg.alpha)
+    written.append(save_table(hierarchy, out / "hierarchy_scores"))
     for paths in written:
         for path in paths.values():
             print(path)
+    for row in hierarchy.itertuples(index=False):
+        verdict = "differ beyond their 95 % intervals" if row.differ else "do not differ beyond their 95 % intervals"
+        print(f"hierarchy score: {row.first} {row.spearman_first:.3f} [{row.low_first:.3f}, {row.high_first:.3f}] vs "
+              f"{row.second} {row.spearman_second:.3f} [{row.low_second:.3f}, {row.high_second:.3f}]: {verdict}")
     print(f"compared: {', '.join(fit_label(fit) for fit in fits)}", file=sys.stderr)
     return 0

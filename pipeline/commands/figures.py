@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-crop", dest="crop", action="store_const", const=False, default=None,
                         help="draw whole flat sheets instead of zooming onto each fit's vertices")
     add_space_extent_argument(parser)
+    add_alpha_argument(parser)
     add_viewer_arguments(parser)
     parser.add_argument("--inflated-maps", type=parse_list, default=None,
                         help=f"maps also drawn on inflated surfaces (default {','.join(defaults.inflated_maps)})")
@@ -67,11 +68,18 @@ def add_viewer_arguments(parser: argparse.ArgumentParser) -> None:
                                            "fsaverage5 (pages of tens of MB for fsaverage7 fits)")
 
 
+def add_alpha_argument(parser: argparse.ArgumentParser) -> None:
+    """``--alpha``, shared by ``bddn figures`` and ``bddn compare``."""
+    parser.add_argument("--alpha", type=float, default=None, metavar="Q",
+                        help="false discovery rate in (0, 1): maps, ROI tables and hierarchy scores keep only vertices "
+                             "whose test prediction is significant at it (q_value <= Q); default: every vertex")
+
+
 def build_report_config(args: argparse.Namespace) -> ReportConfig:
     """The resolved :class:`ReportConfig`: defaults, then the preset's table, then flags."""
     preset = load_toml(args.config).get(_PRESET_TABLE, {}) if args.config else {}
-    flags = given_flags(args, ("formats", "dpi", "resolution", "crop", "inflated_maps", "space_extent", "viewer",
-                               "viewer_full_resolution"))
+    flags = given_flags(args, ("formats", "dpi", "resolution", "crop", "inflated_maps", "space_extent", "alpha",
+                               "viewer", "viewer_full_resolution"))
     return build_config(ReportConfig, preset, flags, where=f"{args.config or 'flags'}")
 
 

@@ -34,9 +34,9 @@ HELP = ("stage two: fit a subject's responses from a model's feature store and w
 METHODS = ("factortopy", "ridge", "banded-ridge")
 #: Flags that set FitConfig keys (argparse destinations; dotted ones set nested keys).
 FIT_FLAGS = ("epochs", "batch_size", "lr", "selector_lr", "layer_lr", "patience", "layers", "warm_start",
-             "model.scale_mode", "smoothness_weight", "seed", "device", "precision", "resident")
+             "model.scale_mode", "smoothness_weight", "seed", "device", "precision", "resident", "layer_resamples")
 #: Flags that set RidgeConfig keys.
-RIDGE_FLAGS = ("layers", "seed", "device")
+RIDGE_FLAGS = ("layers", "seed", "device", "layer_resamples")
 CHECKPOINT_FOLDER = "checkpoint"
 DEFAULT_SUBJECT = "1"
 
@@ -90,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="local/global mix (reference) or receptive-field size over a pooled pyramid")
     train.add_argument("--smoothness", type=float, default=None, dest="smoothness_weight",
                        help="weight of the selector smoothness penalty over mesh neighbours (default 0 = off)")
+    train.add_argument("--layer-resamples", type=int, default=None, metavar="B",
+                       help="bootstrap replicates behind each vertex's 90 %% layer set and layer confidence "
+                            "(FactorTopy with a warm start, and ridge); 0 = none (default 100)")
     train.add_argument("--seed", type=int, default=None, help="seed of initialisation and batch order (default 0)")
     compute = parser.add_argument_group("compute")
     compute.add_argument("--device", default=None,

@@ -88,7 +88,10 @@ def write_report(figures_root: Path, inputs: Sequence[ReportInput], flat: Cortic
                                         truth=_truths(inputs).get(item.fit.subject), meshes=meshes)
         sections.append(section)
         scores.append(score_row)
-    overview = _write_overview(figures_root, inputs, pd.DataFrame(scores), flat, cfg, reproduce, meshes)
+    table = pd.DataFrame(scores)
+    if "significant" in table:   # a count, blank for planted truths
+        table["significant"] = table["significant"].astype("Int64")
+    overview = _write_overview(figures_root, inputs, table, flat, cfg, reproduce, meshes)
     record = {"config": to_json_data(cfg), "environment": environment_record(),
               "inputs": [str(item.source) for item in inputs]}
     (figures_root / "report.json").write_text(json.dumps(record, indent=2, default=str))
@@ -111,16 +114,19 @@ def _write_fit(root: Path, item: ReportInput, flat: CorticalMesh, inflated: Cort
                for name, title, figure in iter_fit_figures(fit, flat, inflated, clusters=clusters,
                                                            inflated_maps=cfg.inflated_maps,
                                                            resolution=cfg.resolution, crop=cfg.crop,
-                                                           space_extent=cfg.space_extent)]
+                                                           space_extent=cfg.space_extent, alpha=cfg.alpha)]
     if images:
         figures += [_page_figure(root, f"top channels: {stem}", "RGB = each ROI's 3 principal read-out directions",
                                  figure, folder / "top_channels" / stem, cfg)
                     for stem, figure in top_channel_figures(item, images)]
-    summary = summarise_rois(fit)
+    summary = summarise_rois(fit, alpha=cfg.alpha)
     tables = []
     if not summary.empty:
         paths = save_table(summary, folder / "roi_summary")
-        tables.append(PageTable("ROI summary", summary.drop(columns=[c for c in summary if c.startswith("profile_sd")]),
+        restricted = "" if cfg.alpha is None or "q_value" not in fit.vertices else \
+            f", vertices significant at q ≤ {cfg.alpha:g} only"
+        tables.append(PageTable(f"ROI summary (_low/_high: 95 % bootstrap intervals{restricted})",
+                                summary.drop(columns=[c for c in summary if c.startswith("profile_sd")]),
                                 _relative(root, paths)))
     write_gifti_maps(fit, scalar_exports(fit, clusters=clusters), folder / "gifti", n_mesh_vertices=flat.lh.n_vertices)
     links = {}
@@ -128,9 +134,11 @@ def _write_fit(root: Path, item: ReportInput, flat: CorticalMesh, inflated: Cort
         viewer = write_viewer(folder / VIEWER_PAGE, fit, meshes, cfg, clusters=clusters,
                               truth=truth if fit.method != "truth" else None)
         links["interactive viewer"] = viewer.relative_to(root).as_posix()
-    score = score_hierarchy(fit, summary)
-    metrics = {"hierarchy score (Spearman)": score.spearman, "hierarchy score ceiling": score.ceiling,
-               "hierarchy p-value": score.p_value,
+    score = score_hierarchy(fit, summary, alpha=cfg.alpha)
+    significance = _significance_metrics(fit, cfg.alpha)
+    metrics = {"hierarchy score (Spearman)": score.spearman,
+               "hierarchy score 95 % interval": f"[{score.low:.3f}, {score.high:.3f}]",
+               "hierarchy score ceiling": score.ceiling, "hierarchy p-value": score.p_value, **significance,
                "ranked areas": score.n_areas, "mean normalised entropy": score.mean_entropy,
                "vertices": fit.n_vertices, "layers": len(fit.layer_names),
                **{k: v for k, v in fit.metrics.items() if isinstance(v, (int, float, str))}}
@@ -139,12 +147,27 @@ def _write_fit(root: Path, item: ReportInput, flat: CorticalMesh, inflated: Cort
                           provenance={"config": fit.config, "provenance": fit.provenance},
                           reproduce=[*_reproduce_fit(item), *reproduce], links=links)
     row = {"fit": fit_label(fit), "model": fit.model, "subject": fit.subject, "method": fit.method,
-           "hierarchy_spearman": score.spearman, "hierarchy_ceiling": score.ceiling, "hierarchy_p": score.p_value,
+           "hierarchy_spearman": score.spearman, "hierarchy_low": score.low, "hierarchy_high": score.high,
+           "hierarchy_ceiling": score.ceiling, "hierarchy_p": score.p_value,
            "ranked_areas": score.n_areas,
            "mean_entropy": score.mean_entropy,
            **{name: fit.metrics[name] for name in ("mean_r2_test", "mean_r2_val", "median_r2_test_nc")
               if isinstance(fit.metrics.get(name), (int, float))}}
+    if "q_value" in fit.vertices:
+        row["significant"] = int(np.sum(np.asarray(fit.vertices["q_value"]) <= (cfg.alpha or 0.05)))
+    if "layer_set_size" in fit.vertices:
+        row["mean_layer_set_size"] = float(np.mean(fit.vertices["layer_set_size"]))
+        row["mean_layer_confidence"] = float(np.mean(fit.vertices["layer_confidence"]))
     return section, row
+
+
+def _significance_metrics(fit: FitResult, alpha: float | None) -> dict[str, object]:
+    """How many vertices predict the test images significantly (q <= alpha, 0.05 by default), for the page."""
+    if "q_value" not in fit.vertices:
+        return {}
+    level = 0.05 if alpha is None else alpha
+    passed = int(np.sum(np.asarray(fit.vertices["q_value"]) <= level))
+    return {f"vertices significant at q ≤ {level:g} (FDR)": f"{passed} of {fit.n_vertices}"}
 
 
 def _write_overview(root: Path, inputs: Sequence[ReportInput], scores: pd.DataFrame, flat: CorticalMesh,
@@ -181,9 +204,12 @@ def _write_overview(root: Path, inputs: Sequence[ReportInput], scores: pd.DataFr
                                         root / item.slug / "difference_vs_truth", cfg))
     return PageSection(anchor="overview", title="Overview",
                        text="Hierarchy score: Spearman correlation between the visual-hierarchy rank of each "
-                            "area (V1=1, V2=2, V3=3, V4=4, higher areas=5, tied) and its mean selected layer; the ceiling "
-                            "is the best value the tied ranks allow; mean "
-                            "entropy: how decisively layers are chosen (0 one layer, 1 uniform).",
+                            "area (V1=1, V2=2, V3=3, V4=4, higher areas=5, tied) and its mean selected layer, with its "
+                            "95 % bootstrap interval over vertices within areas (hierarchy_low, hierarchy_high); the "
+                            "ceiling is the best value the tied ranks allow; mean "
+                            "entropy: how decisively layers are chosen (0 one layer, 1 uniform); significant: vertices "
+                            "whose test prediction passes the false discovery rate "
+                            + (f"{cfg.alpha:g}" if cfg.alpha is not None else "0.05") + ".",
                        figures=figures, tables=tables, reproduce=reproduce, links=links)
 
 

@@ -34,6 +34,8 @@ class TrainState:
         history: one metrics dict per completed epoch.
         stopped_early: whether early stopping ended the fit.
         notes: facts from before the first epoch (e.g. the warm start's timing and losses).
+        layer_sets: per subject, the warm start's layer sets
+            (:meth:`stages.fit.layer_confidence.LayerSets.to_json`); empty when none were made.
     """
 
     epoch: int = 0
@@ -43,6 +45,7 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
     notes: dict[str, Any] = field(default_factory=dict)
+    layer_sets: list[dict[str, Any]] = field(default_factory=list)
 
 
 def save_checkpoint(directory: Path, *, state: TrainState, identity: dict[str, Any], model: torch.nn.Module,

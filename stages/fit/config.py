@@ -53,6 +53,9 @@ class FitConfig:
             scores of each vertex (softmax of the scores divided by ``warm_start_temperature``);
             ``"layer+space"``: also the space selector from per-cell scores (see ``warmstart.py``).
         warm_start_temperature: temperature of the layer target, in R^2 units.
+        layer_resamples: bootstrap replicates of the warm start's per-layer errors behind each
+            vertex's 90 % layer set and layer confidence (``stages.fit.layer_confidence``); 0 = none.
+            Needs a warm start (the reference preset has none, so its fits carry no layer sets).
         normalise_layers: scale each layer's local and global features to unit RMS (factors from
             up to 256 training images, recorded as ``feature_scales`` in the fit's metrics) so no
             layer wins the layer selector by sheer activation magnitude.
@@ -86,6 +89,7 @@ class FitConfig:
     clip_grad_norm: float | None = 0.5
     warm_start: Literal["none", "layer", "layer+space"] = "layer+space"
     warm_start_temperature: float = 0.02
+    layer_resamples: int = 100
     normalise_layers: bool = True
     smoothness_weight: float = 0.0
     patience: int = 4
@@ -111,7 +115,7 @@ class FitConfig:
             raise ConfigError(f"fit config: selector_lr must be > 0 or unset, got {self.selector_lr}")
         if self.layer_lr is not None and self.layer_lr < 0:
             raise ConfigError(f"fit config: layer_lr must be >= 0 or unset, got {self.layer_lr}")
-        for name in ("weight_decay", "prior_weight", "smoothness_weight", "prior_fade_steps"):
+        for name in ("weight_decay", "prior_weight", "smoothness_weight", "prior_fade_steps", "layer_resamples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"fit config: {name} must be >= 0, got {getattr(self, name)}")
         if self.prior_fade_epochs is not None and self.prior_fade_epochs < 0:

@@ -40,8 +40,9 @@ import torch.nn.functional as F
 
 from cache.store import FeatureStore
 from stages.fit.ridge_solver import (
-    RELATIVE_EIGENVALUE_FLOOR, KernelSpectrum, choose_alphas, loo_errors, spectrum_from_kernel,
+    RELATIVE_EIGENVALUE_FLOOR, KernelSpectrum, choose_alphas, loo_errors, loo_residuals, spectrum_from_kernel,
 )
+from stages.fit.layer_confidence import LayerBootstrap
 from stages.subject import Subject
 
 #: Accumulator memory one pass over the store may hold (bytes); more layers -> more passes. At
@@ -106,11 +107,12 @@ class _Statistics:
             self.rows = torch.zeros(n_images, n_features, dtype=torch.float32, device=device)
 
     @staticmethod
-    def nbytes(n_features: int, n_vertices: int, n_images: int) -> int:
-        """Bytes one accumulator holds during the pass (solving it later takes about as much again, one at a time)."""
+    def nbytes(n_features: int, n_vertices: int, n_images: int, *, keep_residuals: bool = False) -> int:
+        """Bytes one accumulator holds during the pass (solving it later takes about as much again, one at a time);
+        with ``keep_residuals`` the image-kernel form also keeps its (n_images, n_vertices) residuals."""
         if n_features < n_images:
             return 4 * n_features * n_vertices + 8 * n_features * n_features
-        return 4 * n_images * n_features
+        return 4 * n_images * n_features + (4 * n_images * n_vertices if keep_residuals else 0)
 
     def add(self, features: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor | None) -> None:
         """Add a batch: ``features`` (b, n_features) float32, ``positions`` its training-row indices,
@@ -128,31 +130,66 @@ class _Statistics:
             self.rows[positions] = shifted
 
     def scores(self, moments: ResponseMoments, responses: np.ndarray, train: np.ndarray,
-               alphas: torch.Tensor) -> np.ndarray:
+               alphas: torch.Tensor, *, keep_residuals: bool = False) -> np.ndarray:
         """Best R^2 over ``alphas`` per vertex, float64 array of shape (n_vertices,); frees the statistics.
 
         Feature-space form: GCV. Image-kernel form (no more images than features): exact leave-one-out,
-        whose per-image leverages the kernel's eigenvectors give at the same cost.
+        whose per-image leverages the kernel's eigenvectors give at the same cost. With
+        ``keep_residuals`` the solution at each vertex's alpha is kept for :meth:`squared_errors`
+        (feature space: the ridge weights, ``n_features x n_vertices``; image kernel: the
+        leave-one-out residuals themselves, ``n_images x n_vertices``).
         """
         if self.primal:
-            return gcv_scores(*self._primal_spectrum(), moments, alphas)
+            eigenvalues, coordinates, rotation = self._primal_spectrum()
+            best, chosen = gcv_choice(eigenvalues, coordinates, moments, alphas)
+            if keep_residuals:
+                self._keep_weights(eigenvalues, coordinates, rotation, chosen, alphas, moments.n)
+            return best
         spectrum = self._dual_spectrum()
         best = np.empty(len(moments.mean))
+        if keep_residuals:
+            self.residuals = torch.empty(spectrum.n_train, len(best), dtype=torch.float32, device=self.device)
         for start in range(0, len(best), VERTEX_BLOCK):
             columns = slice(start, start + VERTEX_BLOCK)
             targets = torch.as_tensor(responses[train, columns] - moments.mean[columns], device=self.device)
-            _, error = choose_alphas(loo_errors(spectrum, targets, alphas), alphas)
+            alpha, error = choose_alphas(loo_errors(spectrum, targets, alphas), alphas)
             variance = np.maximum(moments.sum_squares[columns] / moments.n, 1e-300)
             best[columns] = 1.0 - error.cpu().numpy() / variance
+            if keep_residuals:
+                self.residuals[:, columns] = loo_residuals(spectrum, targets, alpha).float()
         return best
+
+    def squared_errors(self, features: torch.Tensor | None, positions: torch.Tensor,
+                       targets: torch.Tensor) -> torch.Tensor:
+        """Squared held-out residuals of a batch of training images at each vertex's chosen alpha, shape
+        (b, n_vertices): GCV residuals ``(y - yhat) / (1 - df / n)`` (feature space; ``features`` (b,
+        n_features) and centred ``targets`` (b, n_vertices) needed) or exact leave-one-out ones (image kernel,
+        read by ``positions``). Their mean over the training images is the error behind :meth:`scores`."""
+        if not self.primal:
+            return self.residuals[positions] ** 2
+        fitted = (features - self.shift - self.offset) @ self.weights
+        return ((targets - fitted) * self.inflation) ** 2
+
+    def _keep_weights(self, eigenvalues: torch.Tensor, coordinates: torch.Tensor, rotation: torch.Tensor,
+                      chosen: torch.Tensor, alphas: torch.Tensor, n: int) -> None:
+        """Ridge weights on the shifted, centred features at each vertex's alpha, and its GCV residual inflation."""
+        shrink = eigenvalues[None, :] / (eigenvalues[None, :] + alphas[:, None])              # (n_alphas, k)
+        self.weights = torch.empty(rotation.shape[0], coordinates.shape[1], dtype=torch.float32, device=self.device)
+        for index in torch.unique(chosen):
+            columns = chosen == index
+            self.weights[:, columns] = rotation @ (shrink[index, :, None].float() * coordinates[:, columns])
+        dof = 1.0 + shrink.sum(dim=1)
+        self.inflation = (1.0 / (1.0 - dof / n).clamp_min(1e-6)).float()[chosen]
+        self.offset = (self.sums / self.n).float()
 
     def _column_scale(self, variance: torch.Tensor) -> torch.Tensor:
         """1 / (column std x sqrt(n_features)); constant columns keep 1 (they are zero once centred)."""
         std = (variance / max(self.n - 1, 1)).clamp_min(0).sqrt()
         return torch.where(std > 0, 1.0 / std, torch.ones_like(std)) / np.sqrt(self.n_features)
 
-    def _primal_spectrum(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eigenvalues of the z-scored ``X^T X`` and the responses' coordinates, from the accumulated sums."""
+    def _primal_spectrum(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Eigenvalues of the z-scored ``X^T X``, the responses' coordinates and the rotation taking
+        centred features to them (``(n_features, k)``), from the accumulated sums."""
         mean = self.sums / self.n
         gram = self.gram - self.n * torch.outer(mean, mean)
         scale = self._column_scale(gram.diagonal())
@@ -162,7 +199,7 @@ class _Statistics:
         rotation = (vectors * scale[:, None] / eigenvalues.sqrt()).float()             # (n_features, k)
         coordinates = rotation.T @ self.cross                                             # (k, n_vertices)
         del self.cross, self.gram
-        return eigenvalues, coordinates
+        return eigenvalues, coordinates, rotation
 
     def _dual_spectrum(self) -> KernelSpectrum:
         """The spectrum of the z-scored image kernel (eigenvectors of shape (n_images, k))."""
@@ -185,6 +222,12 @@ def gcv_scores(eigenvalues: torch.Tensor, coordinates: torch.Tensor, moments: Re
     Returns:
         float64 array of shape (n_vertices,).
     """
+    return gcv_choice(eigenvalues, coordinates, moments, alphas)[0]
+
+
+def gcv_choice(eigenvalues: torch.Tensor, coordinates: torch.Tensor, moments: ResponseMoments,
+               alphas: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """:func:`gcv_scores` and the index into ``alphas`` that reaches it (int64 tensor of shape (n_vertices,))."""
     n = moments.n
     shrink = eigenvalues[None, :] / (eigenvalues[None, :] + alphas[:, None])              # (n_alphas, k)
     explained_weight = 1.0 - (1.0 - shrink) ** 2
@@ -192,18 +235,20 @@ def gcv_scores(eigenvalues: torch.Tensor, coordinates: torch.Tensor, moments: Re
     denominator = (1.0 - dof / n).clamp_min(1e-12) ** 2 * n
     total = torch.as_tensor(moments.sum_squares, device=coordinates.device)
     best = torch.full((coordinates.shape[1],), -torch.inf, dtype=torch.float64, device=coordinates.device)
+    index = torch.zeros(coordinates.shape[1], dtype=torch.long, device=coordinates.device)
     for start in range(0, coordinates.shape[1], VERTEX_BLOCK):
         stop = start + VERTEX_BLOCK
         explained = explained_weight @ coordinates[:, start:stop].double() ** 2           # (n_alphas, block)
         rss = (total[start:stop] - explained).clamp_min(0.0)
         errors = rss / denominator[:, None]
-        best[start:stop] = (1.0 - errors / (total[start:stop] / n).clamp_min(1e-300)).max(dim=0).values
-    return best.cpu().numpy()
+        best[start:stop], index[start:stop] = (1.0 - errors / (total[start:stop] / n).clamp_min(1e-300)).max(dim=0)
+    return best.cpu().numpy(), index
 
 
 def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], grid: int,
                  device: torch.device, alphas: Sequence[float], feature_sets: Sequence[str] = ("global", "local"),
-                 local_pool: int = 2, batch_size: int = 256, budget_bytes: int = BUDGET_BYTES) -> np.ndarray:
+                 local_pool: int = 2, batch_size: int = 256, budget_bytes: int = BUDGET_BYTES,
+                 bootstrap: LayerBootstrap | None = None) -> np.ndarray:
     """GCV R^2 on the training images of a ridge per layer (best feature set and alpha), per vertex.
 
     The evidence for a warm start of FactorTopy's layer selector: it touches neither the
@@ -217,6 +262,10 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
         feature_sets: subset of ``("global", "local")``.
         local_pool: side of the average-pooled local grid.
         budget_bytes: accumulator memory one pass may hold (at least one layer per pass).
+        bootstrap: when given (shaped training images x these layers x vertices), it receives
+            every layer's per-image squared held-out errors (of the feature set that scores best
+            at each vertex) for the layer sets of :mod:`stages.fit.layer_confidence`; this reads
+            the store once more per group holding a feature-space layer.
 
     Returns:
         float32 array of shape (n_vertices, n_layers).
@@ -227,25 +276,62 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
     alpha_grid = torch.tensor(list(alphas), dtype=torch.float64, device=device)
     widths = [{"global": store.n_channels[layer], "local": store.n_channels[layer] * local_pool ** 2}
               for layer in layer_indices]
-    sizes = [sum(_Statistics.nbytes(widths[slot][name], subject.n_vertices, len(train)) for name in feature_sets)
+    sizes = [sum(_Statistics.nbytes(widths[slot][name], subject.n_vertices, len(train),
+                                    keep_residuals=bootstrap is not None) for name in feature_sets)
              for slot in range(len(layer_indices))]
     scores = np.full((subject.n_vertices, len(layer_indices)), -np.inf)
     for group in _layer_groups(sizes, budget_bytes):
         statistics = {(slot, name): _Statistics(widths[slot][name], subject.n_vertices, len(train), device)
                       for slot in group for name in feature_sets}
         needs_targets = any(stat.primal for stat in statistics.values())
-        batches = store.iter_batches(list(subject.stimulus_ids[train]), batch_size=batch_size, grid=grid,
-                                     layers=[layer_indices[slot] for slot in group])
-        for batch in batches:
+        for batch in store.iter_batches(list(subject.stimulus_ids[train]), batch_size=batch_size, grid=grid,
+                                        layers=[layer_indices[slot] for slot in group]):
             targets = moments.centred(responses, train[batch.positions], device) if needs_targets else None
             positions = torch.as_tensor(batch.positions, device=device)
             for read_index, slot in enumerate(group):
                 sets = _feature_sets(batch.global_[read_index], batch.local[read_index], local_pool, device)
                 for name in feature_sets:
                     statistics[slot, name].add(sets[name], positions, targets)
-        for (slot, name), stat in statistics.items():
-            scores[:, slot] = np.maximum(scores[:, slot], stat.scores(moments, responses, train, alpha_grid))
+        set_scores = {key: stat.scores(moments, responses, train, alpha_grid, keep_residuals=bootstrap is not None)
+                      for key, stat in statistics.items()}
+        for (slot, _), values in set_scores.items():
+            scores[:, slot] = np.maximum(scores[:, slot], values)
+        if bootstrap is not None:
+            winners = {slot: torch.as_tensor(np.stack([set_scores[slot, name] for name in feature_sets]).argmax(axis=0),
+                                             device=device) for slot in group}
+            _bootstrap_errors(store, subject, statistics, winners, bootstrap, moments=moments, grid=grid,
+                              layer_indices=layer_indices, feature_sets=feature_sets, local_pool=local_pool,
+                              batch_size=batch_size, device=device)
     return scores.astype(np.float32)
+
+
+def _bootstrap_errors(store: FeatureStore, subject: Subject, statistics: dict[tuple[int, str], _Statistics],
+                      winners: dict[int, torch.Tensor], bootstrap: LayerBootstrap, *, moments: ResponseMoments,
+                      grid: int, layer_indices: Sequence[int], feature_sets: Sequence[str], local_pool: int,
+                      batch_size: int, device: torch.device) -> None:
+    """Add one group of layers' per-image squared errors to ``bootstrap``: ``winners[slot]`` (n_vertices,)
+    indexes ``feature_sets``, the set whose errors count at each vertex. Reads the training images again
+    when a feature-space set needs its features; image-kernel sets read their kept residuals."""
+    train = np.asarray(subject.splits["train"])
+    group = sorted(winners)
+    if any(stat.primal for stat in statistics.values()):
+        batches = ((batch.positions, batch) for batch in store.iter_batches(
+            list(subject.stimulus_ids[train]), batch_size=batch_size, grid=grid,
+            layers=[layer_indices[slot] for slot in group]))
+    else:
+        batches = ((np.arange(start, min(start + batch_size, len(train))), None)
+                   for start in range(0, len(train), batch_size))
+    for rows, batch in batches:
+        positions = torch.as_tensor(rows, device=device)
+        targets = moments.centred(subject.responses, train[rows], device) if batch is not None else None
+        for read_index, slot in enumerate(group):
+            sets = (_feature_sets(batch.global_[read_index], batch.local[read_index], local_pool, device)
+                    if batch is not None else {})
+            errors = None
+            for set_index, name in enumerate(feature_sets):
+                these = statistics[slot, name].squared_errors(sets.get(name), positions, targets)
+                errors = these if errors is None else torch.where(winners[slot] == set_index, these, errors)
+            bootstrap.add(slot, positions, errors)
 
 
 def _feature_sets(global_: np.ndarray, local: np.ndarray, local_pool: int, device: torch.device

@@ -21,12 +21,16 @@ from cache.jsondata import to_json_data
 from cache.provenance import environment_record
 from stages.fit.config import FitConfig
 from stages.fit.inputs import store_model_id
+from stages.fit.layer_confidence import LayerSets
 from stages.fit.metrics import noise_normalised, pearson_r, r2_score
 from stages.fit.result import FitResult, layer_summary, layer_weight_column
+from stages.fit.significance import benjamini_hochberg, bootstrap_r2, correlation_p_values
 from stages.fit.weights_file import subject_weights, write_fit_weights
 from stages.subject import Subject
 
 METRICS_FILE = "metrics.jsonl"
+#: The held-out split whose predictions the p-values test.
+SIGNIFICANCE_SPLIT = "test"
 
 
 @dataclass
@@ -82,7 +86,9 @@ def vertex_columns(subject: Subject, layer_weights: np.ndarray) -> dict[str, np.
 
 def score_columns(predictions: dict[str, np.ndarray], targets: dict[str, np.ndarray],
                   noise_ceiling: np.ndarray | None) -> dict[str, np.ndarray]:
-    """``r2_<split>``, ``r_<split>`` and, with a ceiling, ``r2_<split>_nc`` per vertex for each split.
+    """``r2_<split>``, ``r_<split>`` and, with a ceiling, ``r2_<split>_nc`` per vertex for each split; with a
+    test split of >= 3 images also ``p_value`` (one-sided test that the test prediction correlates with the
+    response) and ``q_value`` (Benjamini-Hochberg over the vertices), see :mod:`stages.fit.significance`.
 
     Args:
         predictions, targets: split name -> array of shape (n_images_split, n_vertices).
@@ -96,12 +102,28 @@ def score_columns(predictions: dict[str, np.ndarray], targets: dict[str, np.ndar
             columns[f"r2_{split}_nc"] = noise_normalised(columns[f"r2_{split}"], noise_ceiling)
     if noise_ceiling is not None:
         columns["noise_ceiling"] = np.asarray(noise_ceiling, dtype=np.float32)
+    if SIGNIFICANCE_SPLIT in predictions and len(predictions[SIGNIFICANCE_SPLIT]) >= 3:
+        p_values = correlation_p_values(predictions[SIGNIFICANCE_SPLIT], targets[SIGNIFICANCE_SPLIT])
+        columns["p_value"] = p_values
+        columns["q_value"] = benjamini_hochberg(p_values)
     return columns
 
 
+def score_replicates(predictions: dict[str, np.ndarray], targets: dict[str, np.ndarray], *,
+                     seed: int) -> dict[str, np.ndarray]:
+    """``{"r2_test": (n_resamples, n_vertices)}``: test R^2 on bootstrap resamplings of the test images
+    (:func:`~stages.fit.significance.bootstrap_r2`); empty without a test split of >= 2 images."""
+    if len(predictions.get("test", ())) < 2:
+        return {}
+    return {"r2_test": bootstrap_r2(predictions["test"], targets["test"], seed=seed)}
+
+
 def score_summary(columns: dict[str, np.ndarray]) -> dict[str, float]:
-    """Mean of every score column (NaN-aware), plus the median noise-normalised scores."""
+    """Mean of every score column (NaN-aware), the median noise-normalised scores and, with q-values, the number
+    of vertices significant at a false discovery rate of 0.05 (``significant_q05``)."""
     summary: dict[str, float] = {}
+    if "q_value" in columns:
+        summary["significant_q05"] = int(np.sum(columns["q_value"] <= 0.05))
     for name, values in columns.items():
         if name.startswith(("r2_", "r_")):
             summary[f"mean_{name}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
@@ -113,7 +135,8 @@ def score_summary(columns: dict[str, np.ndarray]) -> dict[str, float]:
 def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: FitConfig, *,
                      layer_names: tuple[str, ...], predictions: dict[str, np.ndarray],
                      targets: dict[str, np.ndarray], standardisation: Any, history: list[dict[str, Any]],
-                     summary: dict[str, Any], subject_index: int = 0) -> TrainedFit:
+                     summary: dict[str, Any], subject_index: int = 0,
+                     layer_sets: LayerSets | None = None) -> TrainedFit:
     """Assemble the per-vertex table, metrics, config and provenance of a trained FactorTopy fit.
 
     Args:
@@ -127,6 +150,8 @@ def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: 
         history: per-epoch metrics.
         summary: run facts (epochs, timings, device, precision...).
         subject_index: which of the model's subjects ``subject`` is (its read-out and vertices).
+        layer_sets: the warm start's layer sets; their columns (``layer_confidence``,
+            ``layer_set_size``...) describe the layer the map shows (the argmax of the layer weights).
     """
     with torch.no_grad():
         chosen = model.selections(subject=subject_index)
@@ -135,6 +160,8 @@ def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: 
         scale = chosen.scale.float().cpu().numpy()
         levels = None if chosen.scale_levels is None else chosen.scale_levels.float().cpu().numpy()
     vertices = vertex_columns(subject, weights)
+    if layer_sets is not None:
+        vertices.update(layer_sets.columns(vertices["layer_argmax"]))
     vertices.update({"space_x": space[:, 0], "space_y": space[:, 1], "scale": scale.astype(np.float32)})
     if levels is not None:
         for index in range(levels.shape[1]):
@@ -143,6 +170,7 @@ def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: 
     vertices.update(scores)
     vertices["train_mean"] = standardisation.mean
     vertices["train_std"] = standardisation.std
+    replicates = score_replicates(predictions, targets, seed=cfg.seed)
     metrics = {**score_summary(scores), **summary,
                "split_sizes": {name: int(len(rows)) for name, rows in subject.splits.items()},
                "final_epoch": history[-1] if history else {}}
@@ -153,5 +181,6 @@ def build_fit_result(model: torch.nn.Module, subject: Subject, store: Any, cfg: 
                   "seed": cfg.seed}
     return TrainedFit(method="factortopy", subject=subject.name, model=store_model_id(store),
                       layer_names=tuple(layer_names), vertices=vertices, metrics=metrics, config=to_json_data(cfg),
-                      provenance=provenance, weights=subject_weights(model.state_dict(), subject_index),
+                      provenance=provenance, replicates=replicates,
+                      weights=subject_weights(model.state_dict(), subject_index),
                       history=list(history))

@@ -17,12 +17,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from safetensors.numpy import load_file, save_file
 
 from cache.errors import InvalidInputError, MissingInputError
 from cache.jsondata import json_default
 
 VERTEX_TABLE = "vertices.parquet"
 FIT_JSON = "fit.json"
+REPLICATES_FILE = "replicates.safetensors"
 
 #: Columns every per-vertex table carries (fits and planted truths).
 REQUIRED_COLUMNS = ("vertex", "hemisphere", "fsaverage_index", "roi", "layer_argmax", "layer_entropy",
@@ -70,6 +72,9 @@ class FitResult:
         metrics: summary numbers (mean scores, epochs, timings).
         config: the resolved config that produced the fit.
         provenance: model, store, subject and package versions.
+        replicates: column name -> float32 array of shape (n_resamples, n_vertices), bootstrap
+            replicates of a per-vertex score over held-out images (``r2_test``, see
+            ``stages.fit.significance``); written as ``replicates.safetensors``, empty when none.
     """
 
     method: str
@@ -80,6 +85,7 @@ class FitResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    replicates: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         missing = [name for name in REQUIRED_COLUMNS if name not in self.vertices]
@@ -90,6 +96,10 @@ class FitResult:
         lengths = {len(values) for values in self.vertices.values()}
         if len(lengths) != 1:
             raise InvalidInputError(f"fit of {self.subject}/{self.model}: per-vertex columns differ in length {sorted(lengths)}")
+        for name, values in self.replicates.items():
+            if np.ndim(values) != 2 or np.shape(values)[1] != self.n_vertices:
+                raise InvalidInputError(f"fit of {self.subject}/{self.model}: replicates {name!r} have shape "
+                                        f"{np.shape(values)}; expected (n_resamples, {self.n_vertices})")
 
     @property
     def n_vertices(self) -> int:
@@ -101,9 +111,13 @@ class FitResult:
         return np.stack([self.vertices[layer_weight_column(i)] for i in range(len(self.layer_names))], axis=1)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the per-vertex table and ``fit.json`` into ``directory`` (atomically, file by file)."""
+        """Write the per-vertex table, the replicates and ``fit.json`` into ``directory`` (atomically, file by file;
+        ``fit.json`` last)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        if self.replicates:
+            arrays = {name: np.ascontiguousarray(values, dtype=np.float32) for name, values in self.replicates.items()}
+            _atomic(directory / REPLICATES_FILE, lambda path: save_file(arrays, str(path)))
         table = pa.table({name: np.asarray(values) for name, values in self.vertices.items()})
         _atomic(directory / VERTEX_TABLE, lambda path: pq.write_table(table, path))
         header = {"method": self.method, "subject": self.subject, "model": self.model,
@@ -116,10 +130,18 @@ class FitResult:
     def load(cls, directory: str | Path) -> "FitResult":
         """Read a fit folder written by :meth:`save`."""
         header, vertices = read_vertex_folder(Path(directory), FIT_JSON, VERTEX_TABLE, "is not a finished fit")
+        replicates = {}
+        path = Path(directory) / REPLICATES_FILE
+        if path.is_file():
+            try:
+                replicates = load_file(str(path))
+            except Exception as error:   # safetensors' own error for a truncated or altered file, or OSError
+                raise InvalidInputError(f"{path} cannot be read ({str(error).strip()[:160] or type(error).__name__}); "
+                                        f"delete it to use the fit without score intervals, or re-fit") from error
         return cls(method=header["method"], subject=header["subject"], model=header["model"],
                    layer_names=tuple(header["layer_names"]), vertices=vertices,
                    metrics=header.get("metrics", {}), config=header.get("config", {}),
-                   provenance=header.get("provenance", {}))
+                   provenance=header.get("provenance", {}), replicates=replicates)
 
 
 def read_vertex_folder(folder: Path, header_name: str, table_name: str,

@@ -46,11 +46,12 @@ from cache.provenance import environment_record
 from cache.store import FeatureStore
 from stages.device import resolve_device
 from stages.fit.inputs import check_inputs, store_model_id
-from stages.fit.outputs import score_columns, score_summary, vertex_columns
+from stages.fit.outputs import score_columns, score_replicates, score_summary, vertex_columns
 from stages.fit.result import FitResult
 from stages.fit.ridge_solver import (
-    KernelSpectrum, choose_alphas, loo_errors, predict, spectrum_from_features, spectrum_from_kernel,
+    KernelSpectrum, choose_alphas, loo_errors, loo_residuals, predict, spectrum_from_features, spectrum_from_kernel,
 )
+from stages.fit.layer_confidence import N_RESAMPLES, LayerBootstrap
 from stages.subject import Subject
 
 METHODS = ("ridge", "banded-ridge")
@@ -72,6 +73,9 @@ class RidgeConfig:
         banded_features: features of each band: ``"global"``, ``"local"`` or ``"both"``.
         banded_samples: Dirichlet draws of band weights besides the one-hots and the uniform.
         layer_temperature: softmax temperature (R^2 units) turning per-layer scores into layer weights.
+        layer_resamples: ``method="ridge"``: bootstrap replicates of the per-layer leave-one-out
+            errors behind each vertex's 90 % layer set and layer confidence
+            (``stages.fit.layer_confidence``); 0 = none.
         seed: seeds the band-weight draws.
         batch_size: images per read from the store.
         device: where the solver runs (``stages.device``): ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
@@ -86,6 +90,7 @@ class RidgeConfig:
     banded_features: str = "both"
     banded_samples: int = 20
     layer_temperature: float = 0.02
+    layer_resamples: int = N_RESAMPLES
     seed: int = 0
     batch_size: int = 256
     device: str = "auto"
@@ -105,6 +110,8 @@ class RidgeConfig:
                 raise ConfigError(f"ridge config: {name} must be a positive integer, got {getattr(self, name)}")
         if not self.layer_temperature > 0:
             raise ConfigError(f"ridge config: layer_temperature must be > 0, got {self.layer_temperature}")
+        if self.layer_resamples < 0:
+            raise ConfigError(f"ridge config: layer_resamples must be >= 0, got {self.layer_resamples}")
         if self.banded_samples < 0:
             raise ConfigError(f"ridge config: banded_samples must be >= 0, got {self.banded_samples}")
 
@@ -167,27 +174,41 @@ def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, layer_indic
     best = _Best.empty(subject.n_vertices, {name: len(rows) for name, rows in evals.items()})
     n_layers = len(layer_names)
 
-    def consider(index: int, spectrum: KernelSpectrum, cross: dict[str, torch.Tensor]) -> np.ndarray:
+    def consider(index: int, spectrum: KernelSpectrum, cross: dict[str, torch.Tensor]
+                 ) -> tuple[np.ndarray, torch.Tensor]:
         alpha, error = choose_alphas(loo_errors(spectrum, targets, alphas), alphas)
         score = 1.0 - error.cpu().numpy() / variance
         best.update(index, score, alpha, spectrum, cross, targets, target_mean)
-        return score
+        return score, alpha
 
     extra: dict[str, np.ndarray] = {}
     if method == "ridge":
         scores = np.full((len(cfg.feature_sets), n_layers, subject.n_vertices), -np.inf)
-        for set_index, name in enumerate(cfg.feature_sets):
-            for layer in range(n_layers):
+        bootstrap = (LayerBootstrap(len(train), n_layers, subject.n_vertices, n_resamples=cfg.layer_resamples,
+                                    seed=cfg.seed, device=device) if cfg.layer_resamples > 0 else None)
+        train_rows = torch.arange(len(train), device=device)
+        for layer in range(n_layers):
+            squared = None
+            for set_index, name in enumerate(cfg.feature_sets):
                 block = features[name][layer].double()
                 spectrum, projection = spectrum_from_features(block[train])
                 cross = {split: block[rows] @ projection for split, rows in evals.items()}
-                scores[set_index, layer] = consider(set_index * n_layers + layer, spectrum, cross)
+                score, alpha = consider(set_index * n_layers + layer, spectrum, cross)
+                if bootstrap is not None:   # each vertex's errors from the feature set that scores best there
+                    these = loo_residuals(spectrum, targets, alpha) ** 2
+                    wins = torch.as_tensor(score > scores[:, layer].max(axis=0), device=device)
+                    squared = these if squared is None else torch.where(wins, these, squared)
+                scores[set_index, layer] = score
+            if bootstrap is not None:
+                bootstrap.add(layer, train_rows, squared)
         per_layer = scores.max(axis=0).T                                             # (n_vertices, n_layers)
         weights = score_targets(per_layer, temperature=cfg.layer_temperature)
         chosen_set = np.asarray(cfg.feature_sets)[best.candidate // n_layers]
         scale = (chosen_set == "global").astype(np.float32)
         for layer in range(n_layers):
             extra[f"cv_r2_layer_{layer:02d}"] = per_layer[:, layer].astype(np.float32)
+        if bootstrap is not None:
+            extra.update(bootstrap.sets().columns(per_layer.argmax(axis=1)))
     else:
         bands = [_band(features, layer, cfg.banded_features) for layer in range(n_layers)]
         kernels = [band[train] @ band[train].T for band in bands]
@@ -267,8 +288,8 @@ def _result(store: FeatureStore, subject: Subject, cfg: RidgeConfig, method: str
     vertices.update({"space_x": nan, "space_y": nan.copy(), "scale": scale.astype(np.float32),
                      "ridge_alpha": best.alpha.astype(np.float32), "cv_r2": best.score.astype(np.float32)})
     vertices.update(extra)
-    scores = score_columns(best.predictions, {name: responses[rows] for name, rows in evals.items()},
-                           subject.noise_ceiling)
+    held_out = {name: responses[rows] for name, rows in evals.items()}
+    scores = score_columns(best.predictions, held_out, subject.noise_ceiling)
     vertices.update(scores)
     metrics = {**score_summary(scores), "mean_cv_r2": float(np.mean(best.score)),
                "split_sizes": {name: int(len(rows)) for name, rows in subject.splits.items()}}
@@ -278,4 +299,5 @@ def _result(store: FeatureStore, subject: Subject, cfg: RidgeConfig, method: str
                               "n_images": subject.n_images, "n_vertices": subject.n_vertices, "mesh": subject.mesh},
                   "seed": cfg.seed}
     return FitResult(method=method, subject=subject.name, model=store_model_id(store), layer_names=layer_names,
-                     vertices=vertices, metrics=metrics, config=to_json_data(cfg), provenance=provenance)
+                     vertices=vertices, metrics=metrics, config=to_json_data(cfg), provenance=provenance,
+                     replicates=score_replicates(best.predictions, held_out, seed=cfg.seed))

@@ -101,6 +101,31 @@ def loo_errors(spectrum: KernelSpectrum, targets: torch.Tensor, alphas: torch.Te
     return errors
 
 
+def loo_residuals(spectrum: KernelSpectrum, targets: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+    """Exact leave-one-out residuals ``(y_i - yhat_i) / (1 - h_i)``, each target with its own alpha.
+
+    Args:
+        spectrum: of the centred training kernel.
+        targets: centred training targets, tensor of shape (n_train, n_targets).
+        alphas: per-target penalties, tensor of shape (n_targets,) (e.g. from :func:`choose_alphas`).
+
+    Returns:
+        float64 tensor of shape (n_train, n_targets); their mean square is :func:`loo_errors` at that alpha.
+    """
+    basis, eigenvalues = spectrum.basis, spectrum.eigenvalues
+    y = targets.double()
+    coordinates = basis.T @ y
+    alphas = alphas.double().to(basis.device)
+    residuals = torch.empty_like(y)
+    for alpha in torch.unique(alphas):
+        chosen = alphas == alpha
+        shrink = eigenvalues / (eigenvalues + alpha)
+        leverage = 1.0 / spectrum.n_train + (basis ** 2) @ shrink
+        fitted = basis @ (shrink[:, None] * coordinates[:, chosen])
+        residuals[:, chosen] = (y[:, chosen] - fitted) / (1.0 - leverage)[:, None]
+    return residuals
+
+
 def predict(spectrum: KernelSpectrum, cross: torch.Tensor, targets: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
     """Ridge predictions for new rows, each target with its own alpha (intercept excluded).
 

@@ -34,6 +34,7 @@ from stages.fit.checkpoint import TrainState, has_checkpoint, restore_checkpoint
 from stages.fit.config import FitConfig
 from stages.fit.factortopy import FactorTopy
 from stages.fit.inputs import check_inputs, check_stores
+from stages.fit.layer_confidence import LayerSets
 from stages.fit.metrics import r2_score
 from stages.fit.objective import prior_weight, regression_loss, smoothness_penalty
 from stages.fit.outputs import TrainedFit, build_fit_result
@@ -59,6 +60,7 @@ class SubjectPart:
         standardisation: its training mean/std (targets are z-scored with them).
         sources: split name -> feature source serving its images and z-scored targets.
         edges: int64 tensor of shape (n_edges, 2) of neighbouring vertices, or None.
+        layer_sets: the warm start's layer sets for this subject, or None.
         predictions: after training, ``"val"``/``"test"`` -> array of shape (n_images_split, n_vertices).
     """
 
@@ -67,6 +69,7 @@ class SubjectPart:
     standardisation: Standardisation
     sources: dict[str, Any]
     edges: torch.Tensor | None
+    layer_sets: LayerSets | None = None
     predictions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
@@ -97,7 +100,7 @@ class TrainedModel:
                                 predictions=part.predictions,
                                 targets={name: part.sources[name].targets for name in part.predictions},
                                 standardisation=part.standardisation, history=self.history, summary=self.summary,
-                                subject_index=index)
+                                subject_index=index, layer_sets=part.layer_sets)
 
 
 def fit_factortopy(store: FeatureStore, subject: Subject, cfg: FitConfig, *, checkpoint_dir: Path | None,
@@ -170,7 +173,10 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
     else:   # before the training targets exist: the warm start's statistics and they never share memory
         state = TrainState()
         with monitor.phase("warm_start"):
-            state.notes = warm_start(model, stores, subjects, cfg, layer_indices=layer_indices, device=device)
+            sets: list[LayerSets] = []
+            state.notes = warm_start(model, stores, subjects, cfg, layer_indices=layer_indices, device=device,
+                                     layer_sets=sets)
+            state.layer_sets = [item.to_json() for item in sets]
             release_free_memory()
         best = _copy_state(model)
     with monitor.phase("prepare"):
@@ -178,6 +184,8 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
             if cfg.normalise_layers else None
         parts = [prepare_subject(store, subject, cfg, layer_indices=layer_indices, device=device, scales=scales,
                                  neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)]
+        for part, record in zip(parts, state.layer_sets):
+            part.layer_sets = LayerSets.from_json(record)
     model.selectors.layer.requires_grad_(cfg.layer_lr != 0)
     train = [part.sources["train"] for part in parts]
     steps_per_epoch = sum(math.ceil(source.n_images / cfg.batch_size) for source in train)

@@ -28,6 +28,7 @@ from cache.errors import InvalidInputError
 from cache.store import FeatureStore
 from stages.fit.factortopy import FactorTopy
 from stages.fit.config import FitConfig
+from stages.fit.layer_confidence import LayerBootstrap, LayerSets
 from stages.fit.layer_scores import ResponseMoments, score_layers
 from stages.fit.ridge import RidgeConfig, score_targets
 from stages.subject import Subject
@@ -206,7 +207,8 @@ def centre_targets(scores: np.ndarray, grid: int, *, temperature: float = 0.03) 
 
 
 def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequence[Subject], cfg: FitConfig, *,
-               layer_indices: Sequence[int], device: torch.device) -> dict[str, float]:
+               layer_indices: Sequence[int], device: torch.device,
+               layer_sets: list[LayerSets] | None = None) -> dict[str, float]:
     """Initialise the (shared) selectors from cheap regressions on each subject's training images; returns a summary.
 
     ``cfg.warm_start="layer"``: the layer selector from per-layer ridge scores
@@ -220,6 +222,8 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
     Args:
         layer_indices: store indices of the fit's layers (resolved once by the input checks).
         device: the fit's resolved device.
+        layer_sets: when given and ``cfg.layer_resamples > 0``, receives each subject's
+            layer sets (:mod:`stages.fit.layer_confidence`) from a bootstrap of the same scores.
     """
     if cfg.warm_start == "none":
         return {}
@@ -228,9 +232,17 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
     layer_targets, space_targets = [], []
     for store, subject in zip(stores, subjects):
         tic = time.perf_counter()
+        bootstrap = None
+        if layer_sets is not None and cfg.layer_resamples > 0:
+            bootstrap = LayerBootstrap(len(subject.splits["train"]), len(layer_indices), subject.n_vertices,
+                                       n_resamples=cfg.layer_resamples, seed=cfg.seed, device=device)
         scores = score_layers(store, subject, layer_indices=layer_indices, grid=cfg.grid, device=device,
                               alphas=SCORE_SETTINGS.alphas, feature_sets=SCORE_SETTINGS.feature_sets,
-                              local_pool=SCORE_SETTINGS.local_pool, batch_size=SCORE_SETTINGS.batch_size)
+                              local_pool=SCORE_SETTINGS.local_pool, batch_size=SCORE_SETTINGS.batch_size,
+                              bootstrap=bootstrap)
+        if bootstrap is not None:
+            layer_sets.append(bootstrap.sets())
+            del bootstrap
         layer_targets.append(score_targets(scores, temperature=cfg.warm_start_temperature))
         seconds["layer"] += time.perf_counter() - tic
         if cfg.warm_start == "layer+space":

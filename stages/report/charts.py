@@ -47,16 +47,25 @@ def render_roi_summary(summary: pd.DataFrame, layer_names: Sequence[str], *, sco
     colours = layer_hue(np.rint(summary["mean_layer"].to_numpy()).astype(int), n_layers)
     layer_ax.errorbar(summary["mean_layer"], positions, xerr=summary["sd_layer"], fmt="none", ecolor="0.5",
                       elinewidth=0.8)
+    label = "mean selected layer (± SD over vertices)"
+    if {"mean_layer_low", "mean_layer_high"} <= set(summary.columns):
+        mean = summary["mean_layer"].to_numpy()
+        spread = np.stack([mean - summary["mean_layer_low"].to_numpy(), summary["mean_layer_high"].to_numpy() - mean])
+        layer_ax.errorbar(mean, positions, xerr=np.clip(spread, 0, None), fmt="none", ecolor="black", elinewidth=2.2,
+                          capsize=2)
+        label = "mean selected layer (grey: ± SD over vertices; black: 95 % bootstrap interval)"
     layer_ax.scatter(summary["mean_layer"], positions, c=colours, s=30, edgecolors="black", linewidths=0.5, zorder=3)
     layer_ax.set_yticks(positions, labels, fontsize=7)
     layer_ax.set_ylim(len(summary) - 0.5, -0.5)
     layer_ax.set_xlim(-0.5, n_layers - 0.5)
-    layer_ax.set_xlabel("mean selected layer (± SD over vertices)", fontsize=8)
+    layer_ax.set_xlabel(label, fontsize=8)
     layer_ax.grid(axis="x", alpha=0.3)
     heading = title
     if score is not None:
-        heading += (f"  hierarchy score ρ = {score.spearman:.2f} (ceiling {score.ceiling:.2f}, {score.n_areas} areas), "
-                    f"mean entropy {score.mean_entropy:.2f}")
+        interval = (f" [{score.low:.2f}, {score.high:.2f}]" if np.isfinite(score.low) and np.isfinite(score.high)
+                    else "")
+        heading += (f"  hierarchy score ρ = {score.spearman:.2f}{interval} (ceiling {score.ceiling:.2f}, "
+                    f"{score.n_areas} areas), mean entropy {score.mean_entropy:.2f}")
     profile_ax.figure.suptitle(heading.strip(), fontsize=9)
     return profile_ax.figure
 

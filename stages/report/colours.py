@@ -29,6 +29,9 @@ SCALE_CMAP = "PuOr"
 SCORE_CMAP = "Reds"
 DIFFERENCE_CMAP = "RdBu_r"
 CLUSTER_CMAP = "tab20"
+CONFIDENCE_CMAP = "viridis"
+SET_SIZE_CMAP = "magma_r"
+SIGNIFICANCE_CMAP = "YlGnBu"
 
 #: CIELAB lightness of the space colour square and its half-width in a* and b*; the
 #: whole square lies inside the sRGB gamut at this lightness (checked by the tests).

@@ -1,5 +1,6 @@
 """Comparing fits: a grid of maps (rows = fits, columns = maps), the subject average of a
-model's fits, and the difference between two fits of the same subject.
+model's fits, the difference between two fits of the same subject, and whether their
+hierarchy scores differ beyond their bootstrap intervals.
 
 Subjects are aligned through fsaverage: a vertex is the pair (hemisphere, fsaverage_index),
 so fits of different subjects share every vertex both of them have.
@@ -7,9 +8,11 @@ so fits of different subjects share every vertex both of them have.
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from cache.errors import InvalidInputError
@@ -17,12 +20,15 @@ from stages.fit.result import FitResult, layer_summary, layer_weight_column
 from stages.mesh import CorticalMesh
 from stages.report.colours import DIFFERENCE_CMAP
 from stages.report.figures import render_map
+from stages.report.intervals import intervals_overlap
 from stages.report.maps import VertexMap, fit_maps
+from stages.report.summaries import score_hierarchy
 
 #: Offset separating right-hemisphere vertex keys from left ones.
 _RH_OFFSET = 1 << 40
 #: Per-vertex columns averaged across subjects (besides the layer weights).
-AVERAGED_COLUMNS = ("space_x", "space_y", "scale", "r2_test", "r2_val", "r2_test_nc", "r2_val_nc", "noise_ceiling")
+AVERAGED_COLUMNS = ("space_x", "space_y", "scale", "r2_test", "r2_val", "r2_test_nc", "r2_val_nc", "noise_ceiling",
+                    "layer_confidence", "layer_set_size")
 
 
 def fit_label(fit: FitResult) -> str:
@@ -150,6 +156,25 @@ def align_vertices(source: FitResult, target: FitResult) -> np.ndarray:
     order = np.argsort(source_keys)
     rows = order[np.minimum(np.searchsorted(source_keys, target_keys, sorter=order), len(order) - 1)]
     return np.where(source_keys[rows] == target_keys, rows, -1).astype(np.int64)
+def compare_hierarchy_scores(fits: Sequence[FitResult], *, alpha: float | None = None) -> pd.DataFrame:
+    """Every pair of fits' hierarchy scores with their 95 % bootstrap intervals and whether they differ beyond them.
+
+    Columns: ``first``, ``second`` (fit labels), ``spearman_first``, ``low_first``, ``high_first``, the same for
+    ``second``, ``difference`` (second minus first) and ``differ`` (True when the two intervals do not
+    overlap; False when they overlap or either score is undefined). ``alpha`` keeps only vertices
+    significant at that false discovery rate (see :func:`stages.report.summaries.score_hierarchy`).
+    """
+    scores = [score_hierarchy(fit, alpha=alpha) for fit in fits]
+    rows = []
+    for i, j in itertools.combinations(range(len(fits)), 2):
+        a, b = scores[i], scores[j]
+        rows.append({"first": fit_label(fits[i]), "second": fit_label(fits[j]),
+                     "spearman_first": a.spearman, "low_first": a.low, "high_first": a.high,
+                     "spearman_second": b.spearman, "low_second": b.low, "high_second": b.high,
+                     "difference": b.spearman - a.spearman,
+                     "differ": not intervals_overlap(a.interval, b.interval) and all(
+                         np.isfinite([a.low, a.high, b.low, b.high]))})
+    return pd.DataFrame(rows)
 
 
 def _vertex_keys(fit: FitResult) -> np.ndarray:

@@ -31,6 +31,9 @@ class ReportConfig:
         viewer: write the interactive viewer page (``viewer.html``) of each fit, average and difference.
         viewer_full_resolution: draw the viewer on the fits' own fsaverage order; by default it uses
             fsaverage5 (a page of a few MB; finer fits show their fsaverage5 subset).
+        alpha: false discovery rate in (0, 1): when set, the maps (except significance and noise
+            ceiling), ROI tables and hierarchy scores of fits with q-values keep only the vertices
+            with ``q_value <= alpha``; ``None`` keeps every vertex.
     """
 
     formats: tuple[str, ...] = ("png",)
@@ -42,6 +45,7 @@ class ReportConfig:
     clusters: ClusterConfig = ClusterConfig()
     viewer: bool = True
     viewer_full_resolution: bool = False
+    alpha: float | None = None
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -51,6 +55,9 @@ class ReportConfig:
             raise ConfigError(f"dpi {self.dpi} is outside 30..1200")
         if self.space_extent is not None and not 0.0 < self.space_extent <= 1.0:
             raise ConfigError(f"space_extent {self.space_extent} is outside (0, 1]")
+        if self.alpha is not None and not 0.0 < self.alpha < 1.0:
+            raise ConfigError(f"alpha {self.alpha} is outside (0, 1): it is the false discovery rate at which vertices "
+                              f"count as significant, e.g. 0.05")
         if not 100 <= self.resolution <= 8000:
             raise ConfigError(f"resolution {self.resolution} is outside 100..8000 pixels")
 

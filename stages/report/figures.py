@@ -123,16 +123,17 @@ def render_inflated_map(fit: FitResult, vertex_map: VertexMap, inflated: Cortica
 
 def iter_fit_figures(fit: FitResult, flat: CorticalMesh, inflated: CorticalMesh, *,
                      clusters: np.ndarray | None = None, inflated_maps: Sequence[str] = ("layer", "space"),
-                     resolution: int = 1200, crop: bool = False, space_extent: float = 1.0
-                     ) -> Iterator[tuple[str, str, Figure]]:
+                     resolution: int = 1200, crop: bool = False, space_extent: float = 1.0,
+                     alpha: float | None = None) -> Iterator[tuple[str, str, Figure]]:
     """Every figure of one fit as ``(name, title, figure)``, one at a time (callers save and drop each).
 
     The maps of :func:`stages.report.maps.fit_maps` on the flat sheets, the per-layer weight
     grid, the maps named in ``inflated_maps`` on the inflated surfaces, and the ROI chart;
     ``resolution`` is the raster width of a single map (grid panels get half); ``crop`` zooms
-    the flatmaps onto the fit's vertices; ``space_extent`` is the space map's colour-square extent.
+    the flatmaps onto the fit's vertices; ``space_extent`` is the space map's colour-square extent;
+    ``alpha`` keeps only vertices significant at that false discovery rate in the maps and the ROI chart.
     """
-    maps = fit_maps(fit, clusters=clusters, space_extent=space_extent)
+    maps = fit_maps(fit, clusters=clusters, space_extent=space_extent, alpha=alpha)
     for vertex_map in maps:
         yield vertex_map.name, vertex_map.title, render_map(fit, vertex_map, flat, resolution=resolution, crop=crop)
     yield "layer_weights", "per-layer weight maps", render_layer_grid(fit, flat, resolution=resolution // 2, crop=crop)
@@ -140,8 +141,8 @@ def iter_fit_figures(fit: FitResult, flat: CorticalMesh, inflated: CorticalMesh,
         if vertex_map.name in inflated_maps:
             yield (f"inflated_{vertex_map.name}", f"{vertex_map.title}, inflated views",
                    render_inflated_map(fit, vertex_map, inflated))
-    summary = summarise_rois(fit)
+    summary = summarise_rois(fit, alpha=alpha)
     if not summary.empty:
-        yield ("roi_summary", "ROI layer profiles and mean selected layer",
-               render_roi_summary(summary, fit.layer_names, score=score_hierarchy(fit, summary),
+        yield ("roi_summary", "ROI layer profiles and mean selected layer (bars: 95 % bootstrap interval)",
+               render_roi_summary(summary, fit.layer_names, score=score_hierarchy(fit, summary, alpha=alpha),
                                   title=f"{fit.model} / {fit.subject} ({fit.method})"))

@@ -1,13 +1,15 @@
 """The per-vertex maps of method.md, as data: what to paint for each fit and how.
 
 A :class:`VertexMap` holds one value (or colour) per fit vertex plus its colour scale and
-legend; :func:`fit_maps` lists every map a fit supports (layer, space, scale, scores,
-channel clusters when read-out weights are available). The renderers in
+legend; :func:`fit_maps` lists every map a fit supports (layer, layer confidence and
+layer-set size, space, scale, scores, significance, channel clusters when read-out weights
+are available), optionally restricted to the vertices significant at a false discovery rate. The renderers in
 :mod:`stages.report.figures` draw them; :mod:`stages.report.export` writes their values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,12 +17,17 @@ import numpy as np
 from cache.errors import InvalidInputError
 from stages.fit.result import FitResult
 from stages.report.colours import (
-    LAYER_WEIGHT_CMAP, SCALE_CMAP, SCORE_CMAP, cluster_colours, layer_colours, space_colours,
+    CONFIDENCE_CMAP, LAYER_WEIGHT_CMAP, SCALE_CMAP, SCORE_CMAP, SET_SIZE_CMAP, SIGNIFICANCE_CMAP, cluster_colours,
+    layer_colours, space_colours,
 )
 
 #: Score columns drawn as maps (when the fit has them) and their titles.
 SCORE_MAPS = {"r2_test": "R² (test)", "r2_val": "R² (validation)", "r2_test_nc": "noise-normalised R² (test)",
               "r2_val_nc": "noise-normalised R² (validation)", "noise_ceiling": "noise ceiling"}
+#: Maps drawn whole even when the others keep only significant vertices.
+UNMASKED_MAPS = ("significance", "noise_ceiling")
+#: -log10 q at which the significance map saturates.
+SIGNIFICANCE_VMAX = 4.0
 
 
 @dataclass(frozen=True)
@@ -57,19 +64,30 @@ class VertexMap:
         return self.values if self.colours is None else self.colours
 
 
-def fit_maps(fit: FitResult, *, clusters: np.ndarray | None = None, space_extent: float = 1.0) -> list[VertexMap]:
-    """Every map of ``fit``: layer, space, scale, each score column present, channel clusters.
+def fit_maps(fit: FitResult, *, clusters: np.ndarray | None = None, space_extent: float = 1.0,
+             alpha: float | None = None) -> list[VertexMap]:
+    """Every map of ``fit``: layer, layer confidence and layer-set size (fits with layer sets), space, scale,
+    each score column present, significance (fits with q-values), channel clusters.
 
     Args:
         fit: a fit or planted truth.
         clusters: optional int array of shape (n_vertices,), channel-cluster labels.
         space_extent: half-width of the image region the space map's colour square spans.
+        alpha: when given, every map of a fit with q-values but the significance map and the noise
+            ceiling shows only the vertices with ``q_value <= alpha`` (the others are left blank),
+            and its title says how many passed.
     """
     v = fit.vertices
     n_layers = len(fit.layer_names)
-    maps = [
-        VertexMap("layer", "layer (hue: argmax layer; dark: high entropy)", np.asarray(v["layer_argmax"], float),
-                  colours=layer_colours(v["layer_argmax"], v["layer_entropy"], n_layers), legend="layer"),
+    maps = [VertexMap("layer", "layer (hue: argmax layer; dark: high entropy)", np.asarray(v["layer_argmax"], float),
+                      colours=layer_colours(v["layer_argmax"], v["layer_entropy"], n_layers), legend="layer")]
+    if "layer_confidence" in v:
+        maps.append(VertexMap("layer_confidence", "layer confidence (share of bootstrap resamples where the shown "
+                              "layer is best)", np.asarray(v["layer_confidence"], float), cmap=CONFIDENCE_CMAP,
+                              label="confidence"))
+        maps.append(VertexMap("layer_set_size", "layers in the 90 % layer set", np.asarray(v["layer_set_size"], float),
+                              cmap=SET_SIZE_CMAP, vmin=1.0, vmax=float(max(n_layers, 2)), label="layers"))
+    maps += [
         VertexMap("space", "space (selected image point)", np.hypot(v["space_x"], v["space_y"]).astype(float),
                   colours=space_colours(v["space_x"], v["space_y"], extent=space_extent), legend="space",
                   extent=space_extent),
@@ -79,13 +97,31 @@ def fit_maps(fit: FitResult, *, clusters: np.ndarray | None = None, space_extent
     for column, title in SCORE_MAPS.items():
         if column in v:
             maps.append(VertexMap(column, title, np.asarray(v[column], float), cmap=SCORE_CMAP, label=column))
+    if "q_value" in v:
+        q_values = np.asarray(v["q_value"], dtype=np.float64)
+        maps.append(VertexMap("significance", f"significance of test prediction: -log10 q (FDR); "
+                              f"{int(np.sum(q_values <= 0.05))} of {len(q_values)} at q ≤ 0.05",
+                              -np.log10(np.clip(q_values, 1e-300, 1.0)), cmap=SIGNIFICANCE_CMAP, vmin=0.0,
+                              vmax=SIGNIFICANCE_VMAX, label="-log10 q"))
     if clusters is not None:
         clusters = np.asarray(clusters)
         if clusters.shape != (fit.n_vertices,):
             raise InvalidInputError(f"cluster labels have shape {clusters.shape}; expected ({fit.n_vertices},)")
         maps.append(VertexMap("clusters", f"channel clusters ({len(np.unique(clusters))})", clusters.astype(float),
                               colours=cluster_colours(clusters), legend="clusters"))
+    if alpha is not None and "q_value" in v:
+        keep = np.asarray(v["q_value"], dtype=np.float64) <= alpha
+        maps = [vertex_map if vertex_map.name in UNMASKED_MAPS else _masked(vertex_map, keep, alpha)
+                for vertex_map in maps]
     return maps
+
+
+def _masked(vertex_map: VertexMap, keep: np.ndarray, alpha: float) -> VertexMap:
+    """``vertex_map`` blank (NaN) outside ``keep``, its title saying how many vertices passed ``q <= alpha``."""
+    values = np.where(keep, vertex_map.values, np.nan)
+    colours = None if vertex_map.colours is None else np.where(keep[:, None], vertex_map.colours, np.nan)
+    return dataclasses.replace(vertex_map, values=values, colours=colours,
+                               title=f"{vertex_map.title} [q ≤ {alpha:g}: {int(keep.sum())} of {len(keep)} vertices]")
 
 
 def layer_weight_maps(fit: FitResult) -> list[VertexMap]:
@@ -99,7 +135,8 @@ def layer_weight_maps(fit: FitResult) -> list[VertexMap]:
 def scalar_exports(fit: FitResult, *, clusters: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Name -> float array (n_vertices,) of every per-vertex quantity worth exporting as a surface map."""
     v = fit.vertices
-    names = ["layer_argmax", "layer_entropy", "layer_mean", "space_x", "space_y", "scale", *SCORE_MAPS]
+    names = ["layer_argmax", "layer_entropy", "layer_mean", "layer_confidence", "layer_set_size", "space_x", "space_y",
+             "scale", *SCORE_MAPS, "p_value", "q_value"]
     exports = {name: np.asarray(v[name], dtype=np.float32) for name in names if name in v}
     exports.update({m.name: m.values.astype(np.float32) for m in layer_weight_maps(fit)})
     if clusters is not None:

@@ -19,6 +19,11 @@ the ranks against any strictly increasing sequence, e.g. 0.913 for V1-V4 plus fi
 areas) is reported beside it. Reported beside it, the **mean normalised entropy** of
 the layer weights over all vertices (0: every vertex picks one layer; 1: uniform weights),
 i.e. how decisively layers are chosen.
+
+Every mean comes with a bootstrap interval (:mod:`stages.report.intervals`): selections over
+vertices within areas, test R^2 over test images, the hierarchy score over vertices within
+areas. With ``alpha``, only vertices whose prediction is significant at that false discovery
+rate (``q_value <= alpha``) are summarised.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from stages.fit.result import FitResult
+from stages.report.intervals import (
+    LEVEL, N_RESAMPLES, SELECTION_COLUMNS, AreaReplicates, area_replicates, percentile_interval, spearman_replicates,
+)
 
 EARLY_AREAS = {"V1": 1, "V2": 2, "V3": 3, "V4": 4}
 HIGHER_AREAS = ("EBA", "FBA", "OFA", "FFA", "OPA", "PPA", "RSC", "OWFA", "VWFA", "mTL-bodies", "mTL-faces",
@@ -67,6 +75,9 @@ class HierarchyScore:
         n_areas: ranked areas that entered the correlation.
         mean_entropy: mean normalised layer entropy over all vertices.
         ceiling: the largest Spearman value these areas' tied ranks allow (NaN if undefined).
+        low, high: its ``level`` bootstrap interval over vertices within areas
+            (:mod:`stages.report.intervals`; NaN if undefined).
+        level: the interval's coverage.
     """
 
     spearman: float
@@ -74,34 +85,82 @@ class HierarchyScore:
     n_areas: int
     mean_entropy: float
     ceiling: float = float("nan")
+    low: float = float("nan")
+    high: float = float("nan")
+    level: float = LEVEL
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return (self.low, self.high)
 
 
-def summarise_rois(fit: FitResult) -> pd.DataFrame:
-    """One row per area: size, hierarchy rank, layer profile and selections, scores.
+def kept_vertices(fit: FitResult, alpha: float | None) -> np.ndarray:
+    """Bool mask of the vertices summaries use: all, or with ``alpha`` those with ``q_value <= alpha`` (fits
+    without q-values, e.g. planted truths, keep all)."""
+    if alpha is None or "q_value" not in fit.vertices:
+        return np.ones(fit.n_vertices, dtype=bool)
+    return np.asarray(fit.vertices["q_value"], dtype=np.float64) <= alpha
 
-    Columns: ``area``, ``hierarchy_rank``, ``n_vertices``, ``mean_layer``, ``sd_layer``,
-    ``mean_depth`` (mean_layer / (n_layers - 1), comparable across models), ``mean_entropy``,
-    ``mean_scale``, ``sd_scale``, the mean of each available score column (``r2_test``...,
-    ``r2_test_nc``), then ``profile_XX`` and ``profile_sd_XX`` (mean and SD of each layer's
-    weight). Rows are ordered by hierarchy rank, then name; unranked areas last.
+
+def _areas(fit: FitResult, keep: np.ndarray) -> tuple[tuple[str, ...], list[np.ndarray]]:
+    """Areas (sorted by name) holding kept vertices, and their kept vertex indices."""
+    labels = np.array([canonical_area(roi) for roi in np.asarray(fit.vertices["roi"]).astype(str)])
+    names = tuple(sorted(set(labels[keep].tolist()) - {"", "nan", "none"}))
+    return names, [np.flatnonzero((labels == name) & keep) for name in names]
+
+
+def _replicates(fit: FitResult, areas: tuple[str, ...], groups: list[np.ndarray], *, n_resamples: int,
+                seed: int) -> AreaReplicates:
+    columns = {name: fit.vertices[name] for name in SELECTION_COLUMNS if name in fit.vertices}
+    images = {name: fit.replicates[name] for name in ("r2_test",) if name in fit.replicates}
+    return area_replicates(columns, groups, areas, image_replicates=images, n_resamples=n_resamples, seed=seed)
+
+
+def summarise_rois(fit: FitResult, *, alpha: float | None = None, level: float = LEVEL,
+                   n_resamples: int = N_RESAMPLES, seed: int = 0) -> pd.DataFrame:
+    """One row per area: size, hierarchy rank, layer profile and selections, scores, with intervals.
+
+    Columns: ``area``, ``hierarchy_rank``, ``n_vertices`` (summarised), ``n_significant`` (with
+    q-values: vertices at ``q <= alpha``, 0.05 when ``alpha`` is None), ``mean_layer`` with its
+    ``level`` interval ``mean_layer_low``/``mean_layer_high``, ``sd_layer``, ``mean_depth``
+    (mean_layer / (n_layers - 1), comparable across models), ``mean_entropy``, ``mean_scale``
+    (with ``mean_scale_low``/``_high``), ``sd_scale``, with layer sets ``mean_layer_confidence``
+    (with interval) and ``mean_layer_set_size``, the mean of each available score column
+    (``r2_test``..., ``r2_test_nc``; ``r2_test_low``/``_high`` from the fit's image replicates),
+    then ``profile_XX`` and ``profile_sd_XX`` (mean and SD of each layer's weight). Selection
+    intervals resample vertices within the area (see :mod:`stages.report.intervals`). With
+    ``alpha`` only vertices with ``q_value <= alpha`` are summarised. Rows are ordered by
+    hierarchy rank, then name; unranked areas last.
     """
-    areas = np.array([canonical_area(roi) for roi in np.asarray(fit.vertices["roi"]).astype(str)])
+    keep = kept_vertices(fit, alpha)
+    areas, groups = _areas(fit, keep)
+    replicates = _replicates(fit, areas, groups, n_resamples=n_resamples, seed=seed)
+    intervals = {name: percentile_interval(values, level=level) for name, values in replicates.means.items()}
     weights = fit.layer_weights.astype(np.float64)
     n_layers = weights.shape[1]
     scores = [name for name in fit.vertices if name.startswith(SCORE_COLUMNS)]
+    q_values = np.asarray(fit.vertices["q_value"], dtype=np.float64) if "q_value" in fit.vertices else None
     rows = []
-    for area in sorted(set(areas.tolist()) - {"", "nan", "none"}):
-        inside = areas == area
+    for index, (area, inside) in enumerate(zip(areas, groups)):
         layer_mean = np.asarray(fit.vertices["layer_mean"], dtype=np.float64)[inside]
         scale = np.asarray(fit.vertices["scale"], dtype=np.float64)[inside]
-        row = {"area": area, "hierarchy_rank": hierarchy_rank(area), "n_vertices": int(inside.sum()),
-               "mean_layer": layer_mean.mean(), "sd_layer": layer_mean.std(),
-               "mean_depth": layer_mean.mean() / max(n_layers - 1, 1),
-               "mean_entropy": float(np.mean(fit.vertices["layer_entropy"][inside])),
-               "mean_scale": scale.mean(), "sd_scale": scale.std()}
+        row = {"area": area, "hierarchy_rank": hierarchy_rank(area), "n_vertices": int(len(inside))}
+        if q_values is not None:
+            row["n_significant"] = int(np.sum(q_values[inside] <= (0.05 if alpha is None else alpha)))
+        row.update({"mean_layer": layer_mean.mean(), **_bounds(intervals, "layer_mean", index, "mean_layer"),
+                    "sd_layer": layer_mean.std(), "mean_depth": layer_mean.mean() / max(n_layers - 1, 1),
+                    "mean_entropy": float(np.mean(fit.vertices["layer_entropy"][inside])),
+                    "mean_scale": scale.mean(), **_bounds(intervals, "scale", index, "mean_scale"),
+                    "sd_scale": scale.std()})
+        if "layer_confidence" in fit.vertices:
+            row["mean_layer_confidence"] = float(np.mean(fit.vertices["layer_confidence"][inside]))
+            row.update(_bounds(intervals, "layer_confidence", index, "mean_layer_confidence"))
+            row["mean_layer_set_size"] = float(np.mean(fit.vertices["layer_set_size"][inside]))
         for name in scores:
-            row[name] = float(np.nanmean(fit.vertices[name][inside])) if np.isfinite(
-                fit.vertices[name][inside]).any() else float("nan")
+            values = np.asarray(fit.vertices[name], dtype=np.float64)[inside]
+            row[name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            if name in intervals:
+                row.update(_bounds(intervals, name, index, name))
         profile = weights[inside]
         row.update({f"profile_{i:02d}": profile[:, i].mean() for i in range(n_layers)})
         row.update({f"profile_sd_{i:02d}": profile[:, i].std() for i in range(n_layers)})
@@ -113,21 +172,41 @@ def summarise_rois(fit: FitResult) -> pd.DataFrame:
     return order.drop(columns="_unranked").reset_index(drop=True)
 
 
-def score_hierarchy(fit: FitResult, summary: pd.DataFrame | None = None) -> HierarchyScore:
-    """The hierarchy score and mean normalised entropy of one fit (``summary`` reused when given)."""
-    summary = summarise_rois(fit) if summary is None else summary
+def _bounds(intervals: dict[str, tuple[np.ndarray, np.ndarray]], name: str, index: int, prefix: str
+            ) -> dict[str, float]:
+    if name not in intervals:
+        return {}
+    low, high = intervals[name]
+    return {f"{prefix}_low": float(low[index]), f"{prefix}_high": float(high[index])}
+
+
+def score_hierarchy(fit: FitResult, summary: pd.DataFrame | None = None, *, alpha: float | None = None,
+                    level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = 0) -> HierarchyScore:
+    """The hierarchy score with its ``level`` bootstrap interval (vertices resampled within areas) and the mean
+    normalised entropy of one fit; ``summary`` (made with the same ``alpha``) is reused when given; with
+    ``alpha`` only vertices with ``q_value <= alpha`` count."""
+    summary = summarise_rois(fit, alpha=alpha, n_resamples=2, seed=seed) if summary is None else summary
     entropy = float(np.mean(fit.vertices["layer_entropy"]))
     ranked = summary.dropna(subset=["hierarchy_rank"]) if not summary.empty else summary
     if len(ranked) < 3 or ranked["hierarchy_rank"].nunique() < 2 or ranked["mean_layer"].nunique() < 2:
-        return HierarchyScore(float("nan"), float("nan"), len(ranked), entropy)
+        return HierarchyScore(float("nan"), float("nan"), len(ranked), entropy, level=level)
     result = spearmanr(ranked["hierarchy_rank"], ranked["mean_layer"])
     ceiling = spearmanr(ranked["hierarchy_rank"], np.arange(len(ranked))).statistic
-    return HierarchyScore(float(result.statistic), float(result.pvalue), len(ranked), entropy, float(ceiling))
+    areas, groups = _areas(fit, kept_vertices(fit, alpha))
+    chosen = [areas.index(name) for name in ranked["area"]]
+    replicates = area_replicates({"layer_mean": fit.vertices["layer_mean"]}, [groups[i] for i in chosen],
+                                 tuple(ranked["area"]), n_resamples=n_resamples, seed=seed)
+    low, high = percentile_interval(spearman_replicates(ranked["hierarchy_rank"].to_numpy(),
+                                                        replicates.means["layer_mean"]), level=level)
+    return HierarchyScore(float(result.statistic), float(result.pvalue), len(ranked), entropy, float(ceiling),
+                          float(low), float(high), level)
 
 
 def to_markdown(table: pd.DataFrame, *, digits: int = 3) -> str:
     """A GitHub-flavoured Markdown table of ``table`` (floats rounded to ``digits``)."""
     def cell(value: object) -> str:
+        if value is pd.NA:
+            return ""
         if isinstance(value, (float, np.floating)):
             return "" if np.isnan(value) else f"{value:.{digits}f}"
         return str(value).replace("|", "\\|")

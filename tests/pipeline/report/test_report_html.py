@@ -17,7 +17,7 @@ from safetensors.numpy import save_file
 
 from pipeline.cli import main
 from pipeline.synthetic.layout import write_planted_truth
-from report_helpers import browser_tools, check_page_in_browser, planted_fit
+from report_helpers import browser_tools, check_page_in_browser, planted_fit, with_statistics
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ FAST = ["--dpi", "30", "--resolution", "300", "--inflated-maps", "layer", "--no-
 
 def _write_run_root(root: Path) -> tuple[Path, Path]:
     """A run root with one FactorTopy fit (with read-out weights) and the planted truth of its subject."""
-    fit = planted_fit(seed=1)
+    fit = with_statistics(planted_fit(seed=1))
     fit.method = "factortopy"
     folder = fit.save(root / "fits" / "toy" / "subj01")
     rng = np.random.default_rng(0)
@@ -56,8 +56,8 @@ def test_report_holds_every_figure_table_and_export(report: Path) -> None:
     for source in sources:
         assert not source.startswith(("/", "http")) and (report / source).is_file(), source
     fit_dir = report / "toy" / "subj01-factortopy"
-    for name in ("layer", "space", "scale", "r2_test", "clusters", "layer_weights", "inflated_layer", "roi_summary",
-                 "difference_vs_truth"):
+    for name in ("layer", "layer_confidence", "layer_set_size", "significance", "space", "scale", "r2_test", "clusters",
+                 "layer_weights", "inflated_layer", "roi_summary", "difference_vs_truth"):
         assert (fit_dir / f"{name}.png").is_file(), name
     assert (fit_dir / "gifti" / "clusters.lh.func.gii").is_file()
     assert (report / "toy" / "subj01-truth" / "layer.png").is_file()
@@ -69,6 +69,12 @@ def test_report_holds_every_figure_table_and_export(report: Path) -> None:
     truth = scores[scores["method"] == "truth"].iloc[0]
     assert truth["hierarchy_spearman"] > 0.9
     assert "hierarchy_spearman" in (report / "hierarchy_scores.md").read_text()
+    fit_row = scores[scores["method"] == "factortopy"].iloc[0]
+    assert fit_row["hierarchy_low"] <= fit_row["hierarchy_spearman"] + 1e-9 <= fit_row["hierarchy_high"] + 2e-9
+    assert fit_row["significant"] > 0
+    rois = pq.read_table(fit_dir / "roi_summary.parquet").to_pandas()
+    assert {"mean_layer_low", "mean_layer_high", "r2_test_low", "r2_test_high", "n_significant"} <= set(rois.columns)
+    assert "significant at q ≤ 0.05 (FDR)" in page and "95 % interval" in page
     assert "Provenance" in page and "bddn synth --subjects 1 --model toy" in page
     config = json.loads((report / "report.json").read_text())["config"]
     assert config["dpi"] == 30 and config["clusters"]["n_clusters"] == 6  # flag over preset over default
@@ -76,13 +82,14 @@ def test_report_holds_every_figure_table_and_export(report: Path) -> None:
     assert not list(report.rglob(".*partial*"))
 
 
-def test_compare_writes_grid_and_difference(report: Path, tmp_path: Path) -> None:
+def test_compare_writes_grid_and_difference(report: Path, tmp_path: Path, capsys) -> None:
     root = report.parent
     out = tmp_path / "cmp"
     status = main(["--run-root", str(root), "compare", str(root / "synthetic" / "subj01"),
                    str(root / "fits" / "toy" / "subj01"), "--out", str(out), "--dpi", "30", "--resolution", "300", "--maps", "layer,scale"])
     assert status == 0
     assert (out / "grid.png").is_file() and (out / "difference.png").is_file()
+    assert "hierarchy score: " in capsys.readouterr().out and (out / "hierarchy_scores.md").is_file()
     viewer = (out / "difference" / "viewer.html").read_text()
     assert '"name":"diff_depth"' in viewer and "toy / subj01 (factortopy) minus toy / subj01 (truth)" in viewer
     bare = tmp_path / "bare"
@@ -102,6 +109,16 @@ def test_subject_averages_get_a_viewer(tmp_path: Path) -> None:
     assert 'href="average/toy-ridge/viewer.html"' in page
     viewer = (root / "figures" / "average" / "toy-ridge" / "viewer.html").read_text()
     assert '"name":"n_subjects"' in viewer and "average of 2" in viewer
+
+
+def test_alpha_keeps_significant_vertices_only(report: Path, tmp_path: Path) -> None:
+    root = report.parent
+    fit = root / "fits" / "toy" / "subj01"
+    assert main(["--run-root", str(root), "figures", str(fit), "--alpha", "0.05", *FAST]) == 0
+    page = (report / "index.html").read_text()
+    assert "significant at q ≤ 0.05 only" in page
+    rois = pq.read_table(report / "toy" / "subj01-factortopy" / "roi_summary.parquet").to_pandas()
+    np.testing.assert_array_equal(rois["n_vertices"], rois["n_significant"])
 
 
 @pytest.mark.browser

@@ -92,3 +92,12 @@ def test_top_channel_figures_from_a_saved_factortopy_fit(tmp_path: Path) -> None
     assert [stem for stem, _ in figures] == ["a"]
     titles = [ax.get_title() for ax in figures[0][1].axes if ax.get_title()]
     assert titles == ["image", "V1", "V2", "V3", "V4", "FFA", "PPA"]
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.1"])
+@pytest.mark.parametrize("command", ["figures", "compare"])
+def test_alpha_outside_zero_one_is_a_one_line_error(tmp_path, capsys, command, value):
+    fits = [str(tmp_path / "a"), str(tmp_path / "b")] if command == "compare" else []
+    assert main(["--run-root", str(tmp_path), command, *fits, "--alpha", value]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"alpha {float(value)} is outside (0, 1)" in error

@@ -111,3 +111,38 @@ def test_response_moments_match_numpy_in_any_row_block(monkeypatch):
     np.testing.assert_allclose(moments.mean, picked.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(moments.sum_squares, ((picked - picked.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-9)
     assert moments.n == 37
+
+
+def hat_residuals(features: np.ndarray, y: np.ndarray, alphas, *, exact: bool) -> np.ndarray:
+    """Per-image held-out residuals at the best alpha from the explicit hat matrix: exact leave-one-out, or GCV's
+    ``(y - yhat) / (1 - tr(H) / n)``."""
+    x, y = normalised(features), y - y.mean()
+    n = len(y)
+    best, kept = np.inf, None
+    for alpha in alphas:
+        hat = np.full((n, n), 1.0 / n) + x @ np.linalg.solve(x.T @ x + alpha * np.eye(x.shape[1]), x.T)
+        residual = y - hat @ y
+        residual = residual / (1 - np.diag(hat)) if exact else residual / (1 - np.trace(hat) / n)
+        if np.mean(residual ** 2) < best - 1e-15:
+            best, kept = np.mean(residual ** 2), residual
+    return kept
+
+
+@pytest.mark.store(n_images=96, channels=(6, 40))
+@pytest.mark.parametrize("layer, name", [(0, "global"), (1, "local")])
+def test_bootstrap_receives_the_per_image_held_out_errors(store, make_subject, layer, name):
+    """The bootstrap's plain replicate holds each image's squared GCV residual (feature space, a second pass) or
+    exact leave-one-out residual (image kernel, kept from the solve), equal to the explicit hat matrix's."""
+    from stages.fit.layer_confidence import LayerBootstrap
+
+    subject, _ = make_subject(n_vertices=4, noise=0.5, n_val=16, n_test=16)
+    train = subject.splits["train"]
+    bootstrap = LayerBootstrap(len(train), 1, subject.n_vertices, n_resamples=3)
+    score_layers(store, subject, layer_indices=[layer], grid=8, device=CPU, alphas=ALPHAS, feature_sets=(name,),
+                 batch_size=32, bootstrap=bootstrap)
+    features = train_features(store, subject, layer, name)
+    for vertex in range(subject.n_vertices):
+        expected = hat_residuals(features, subject.responses[train, vertex].astype(np.float64), ALPHAS,
+                                 exact=features.shape[1] >= len(train))
+        weights = bootstrap.weights.double().numpy()
+        np.testing.assert_allclose(bootstrap.sums[:, 0, vertex].double().numpy(), weights @ expected ** 2, rtol=1e-4)

@@ -120,3 +120,24 @@ def _replace(subject, **changes):
     from dataclasses import replace
 
     return replace(subject, **changes)
+
+
+@pytest.mark.store(n_images=120, channels=(6, 8, 12), smooth=True)
+def test_ridge_reports_layer_sets_p_values_and_r2_replicates(store, make_subject, tmp_path):
+    """The layer set always holds the chosen (best leave-one-out) layer; p/q-values and the test-R^2 replicates
+    come with the fit and survive saving; layer_resamples=0 leaves the layer-set columns out."""
+    subject, _ = make_subject(n_vertices=12, noise=0.5, seed=3, n_val=20, n_test=20)
+    fit = fit_ridge(store, subject, RidgeConfig(alphas=(0.1, 1.0, 10.0), layer_resamples=50))
+    v = fit.vertices
+    assert v["layer_shown_in_set"].all() and (v["layer_set_size"] >= 1).all()
+    assert ((v["layer_confidence"] >= 0) & (v["layer_confidence"] <= 1)).all()
+    in_set = np.stack([v[f"layer_in_set_{i:02d}"] for i in range(3)], axis=1)
+    np.testing.assert_array_equal(in_set.sum(axis=1), v["layer_set_size"])
+    assert ((v["p_value"] >= 0) & (v["p_value"] <= 1)).all() and (v["q_value"] >= v["p_value"] - 1e-12).all()
+    assert fit.replicates["r2_test"].shape == (200, 12)
+    loaded = FitResult.load(fit.save(tmp_path / "fit"))
+    np.testing.assert_array_equal(loaded.replicates["r2_test"], fit.replicates["r2_test"])
+    plain = fit_ridge(store, subject, RidgeConfig(alphas=(0.1, 1.0, 10.0), layer_resamples=0))
+    assert "layer_confidence" not in plain.vertices
+    with pytest.raises(ConfigError, match="layer_resamples"):
+        RidgeConfig(layer_resamples=-1)

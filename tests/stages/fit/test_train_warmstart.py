@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from cache.errors import ConfigError
 from stages.fit import train as train_module
 from stages.fit.config import FitConfig
 from stages.fit.factortopy import FactorTopy, FactorTopyConfig
@@ -103,3 +106,23 @@ def test_warm_start_runs_its_ridge_on_the_fit_device(store, make_subject, monkey
     result = train_module.fit_factortopy(store, subject, cfg, checkpoint_dir=None, progress=False)
     assert seen == [torch.device("cpu")]
     assert result.metrics["device"] == "cpu" and result.config["device"] == "cpu"
+
+
+@pytest.mark.store(n_images=96, channels=(6, 8, 12))
+def test_fit_reports_the_warm_start_layer_sets_and_keeps_them_across_a_resume(store, make_subject, tmp_path):
+    subject, _ = make_subject(n_vertices=6)
+    cfg = FitConfig(epochs=1, batch_size=16, warm_start="layer", device="cpu", layer_resamples=40)
+    first = train_module.fit_factortopy(store, subject, cfg, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    v = first.vertices
+    assert ((v["layer_set_size"] >= 1) & (v["layer_set_size"] <= 3)).all()
+    assert ((v["layer_confidence"] >= 0) & (v["layer_confidence"] <= 1)).all()
+    assert {"p_value", "q_value"} <= set(v) and first.replicates["r2_test"].shape[1] == 6
+    resumed = train_module.fit_factortopy(store, subject, dataclasses.replace(cfg, epochs=2),
+                                          checkpoint_dir=tmp_path / "ckpt", progress=False)
+    for layer in range(3):
+        np.testing.assert_array_equal(resumed.vertices[f"layer_in_set_{layer:02d}"], v[f"layer_in_set_{layer:02d}"])
+    none = train_module.fit_factortopy(store, subject, dataclasses.replace(cfg, layer_resamples=0),
+                                       checkpoint_dir=None, progress=False)
+    assert "layer_set_size" not in none.vertices
+    with pytest.raises(ConfigError, match="layer_resamples"):
+        FitConfig(layer_resamples=-1)
