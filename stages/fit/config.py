@@ -14,8 +14,9 @@ batch 32 and a 10x higher learning rate for the bottlenecks and read-out (1e-2):
 mean over D makes the read-out's reach per step small, and at 1e-3 the held-out R^2
 was still climbing after 10 epochs (R^2 / noise ceiling 0.43 at 1e-3, 0.66 at 4e-3,
 0.78 at 1e-2 on synthetic subject 1). Options beyond that (own selector learning rate,
-prior fade counted in epochs, pyramid scale, smoothness over mesh neighbours) are settings; they are on by
-default only where ``bench/recovery.py`` or held-out R^2 showed a gain.
+prior fade counted in epochs, pyramid scale, smoothness over mesh neighbours, a trained layer selector:
+:data:`LEARNED_LAYER_PRESET`) are settings; they are on by default only where ``bench/recovery.py`` or
+held-out R^2 showed a gain.
 """
 
 from __future__ import annotations
