@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--shapes {args.shapes}: unknown {', '.join(unknown)}; known: {', '.join(SHAPES)}")
     if args.out is not None and len(shapes) > 1:
-        parser.error("--out takes one shape; with several the results go to <run root>/bench/recovery-<shape>.json")
+        parser.error("--out takes one shape; with several, each shape's results go to its default file")
     for shape in shapes:
         bench_shape(args, shape, methods, numbers)
     return 0
