@@ -21,8 +21,16 @@ improved mode on each separately; each gives a row for the benchmarked subject a
 Targets (noise ceiling 0.4, >= 1,000 training images): layer within +-1 >= 95 %, exact
 >= 80 %, median centre error <= 1 cell, R^2 / NC >= 0.8.
 
+Method ``learned`` is the improved mode with a trained layer selector
+(``stages.fit.config.LEARNED_LAYER_PRESET``) where ``improved`` keeps the warm-started layer
+choice fixed. ``--shapes`` benchmarks two model shapes, each on its own store and planted
+subjects: ``mobilenet_v2`` (19 blocks of 16..1,280 channels, trained weights; the run root
+itself) and ``vit12`` (a random-init timm ``vit_tiny_patch16_224``: 12 blocks of 192 channels
+whose residual stream makes neighbouring blocks alike; under ``<run root>/vit12``, from the
+same demo images), with one table each.
+
     .venv/bin/python bench/recovery.py [--run-root DIR] [--subject 1] [--methods reference,improved,ridge]
-        [--joint-subjects 1,2,3] [--epochs N] [--set improved.KEY=VALUE ...]
+        [--joint-subjects 1,2,3] [--epochs N] [--set improved.KEY=VALUE ...] [--shapes mobilenet_v2,vit12]
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from pipeline.config import build_config  # noqa: E402
 from pipeline.subjects import load_subject  # noqa: E402
 from pipeline.surfaces import mesh_neighbours, shared_sphere_coordinates  # noqa: E402
 from pipeline.synthetic.layout import load_planted_truth  # noqa: E402
-from stages.fit.config import REFERENCE_PRESET, FitConfig  # noqa: E402
+from stages.fit.config import LEARNED_LAYER_PRESET, REFERENCE_PRESET, FitConfig  # noqa: E402
 from stages.fit.multisubject import fit_factortopy_multi  # noqa: E402
 from stages.fit.result import FitResult  # noqa: E402
 from stages.fit.ridge import RidgeConfig, fit_ridge  # noqa: E402
@@ -55,20 +63,32 @@ from stages.subject import Subject  # noqa: E402
 
 MODEL = runroot.DEFAULT_MODEL
 CELL = 2.0 / 8.0
+#: Model shapes: name -> (model id, random-init weights, sub-folder of the run root or None for the run root).
+SHAPES = {"mobilenet_v2": (MODEL, False, None), "vit12": ("timm:vit_tiny_patch16_224", True, "vit12")}
+#: Config presets under the improved mode's defaults, by method.
+PRESETS = {"reference": REFERENCE_PRESET, "learned": LEARNED_LAYER_PRESET}
 TARGETS = {"layer_within1": 0.95, "layer_exact": 0.80, "centre_error_cells": 1.0, "r2_over_nc": 0.8}
 
 
-def ensure_inputs(run_root: Path, subjects: list[int]) -> None:
-    """Build the demo images, the mobilenet_v2 store and the synthetic subjects when missing."""
-    bddn = [sys.executable, "-m", "pipeline.cli", "--run-root", str(run_root)]
-    if not runroot.imageset_dir(run_root, "demo").is_dir():
-        subprocess.run(bddn + ["demo-images"], check=True, cwd=ROOT)
-    store = runroot.feature_store_path(run_root, "demo", MODEL)
+def ensure_inputs(run_root: Path, subjects: list[int], shape: str = "mobilenet_v2") -> tuple[Path, str]:
+    """Build the demo images, the shape's feature store and the synthetic subjects planted on it when missing;
+    returns the shape's run root and model id. The demo images always live in ``run_root``."""
+    model, random_init, folder = SHAPES[shape]
+    shape_root = run_root if folder is None else run_root / folder
+    bddn = [sys.executable, "-m", "pipeline.cli", "--run-root", str(shape_root)]
+    images = runroot.imageset_dir(run_root, "demo")
+    if not images.is_dir():
+        subprocess.run([sys.executable, "-m", "pipeline.cli", "--run-root", str(run_root), "demo-images"],
+                       check=True, cwd=ROOT)
+    source = ["--imageset", "demo"] if folder is None else ["--images", str(images)]
+    store = runroot.feature_store_path(shape_root, "demo", model)
     if not store.exists() or not FeatureStore.open(store).is_complete():
-        subprocess.run(bddn + ["features", "--model", MODEL, "--imageset", "demo"], check=True, cwd=ROOT)
-    missing = [str(n) for n in subjects if not (runroot.synthetic_root(run_root) / f"subj{n:02d}").is_dir()]
+        subprocess.run(bddn + ["features", "--model", model, *source] + (["--random-init"] if random_init else []),
+                       check=True, cwd=ROOT)
+    missing = [str(n) for n in subjects if not (runroot.synthetic_root(shape_root) / f"subj{n:02d}").is_dir()]
     if missing:
-        subprocess.run(bddn + ["synth", "--subjects", *missing, "--model", MODEL], check=True, cwd=ROOT)
+        subprocess.run(bddn + ["synth", "--subjects", *missing, "--model", model, *source], check=True, cwd=ROOT)
+    return shape_root, model
 
 
 def recovery_scores(fit: FitResult, truth: FitResult) -> dict[str, float]:
@@ -86,6 +106,7 @@ def recovery_scores(fit: FitResult, truth: FitResult) -> dict[str, float]:
         "layer_exact": float((difference == 0).mean()),
         "layer_within1": float((difference <= 1).mean()),
         "layer_spearman": float(spearmanr(f["layer_mean"], t["layer_mean"]).statistic),
+        "layer_modal_share": float(np.bincount(f["layer_argmax"].astype(int)).max() / len(difference)),
         "centre_error_cells": float(np.nanmedian(centre)) if np.isfinite(centre).any() else float("nan"),
         "scale_vs_globality": _spearman(f["scale"], t["scale"]),
         "scale_vs_rf_size": _spearman(f["scale"], t["rf_size"]),
@@ -146,15 +167,15 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def method_configs(args: argparse.Namespace) -> dict[str, FitConfig]:
     """The FactorTopy configs to benchmark: reference preset, improved mode and joint fit (improved mode), with
     overrides."""
-    overrides: dict[str, dict] = {"reference": {}, "improved": {}, "joint": {}}
+    overrides: dict[str, dict] = {"reference": {}, "improved": {}, "joint": {}, "learned": {}}
     for item in args.set:
         target, _, assignment = item.partition(".")
         name, _, value = assignment.partition("=")
         overrides.setdefault(target, {})[name] = json.loads(value)
     epochs = {} if args.epochs is None else {"epochs": args.epochs}
-    return {method: build_config(FitConfig, REFERENCE_PRESET if method == "reference" else None, epochs,
-                                 overrides.get(method), where=f"{method} config")
-            for method in ("reference", "improved", "joint")}
+    return {method: build_config(FitConfig, PRESETS.get(method), epochs, overrides.get(method),
+                                 where=f"{method} config")
+            for method in ("reference", "improved", "joint", "learned")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-root", type=Path, default=ROOT / "runs", help="run root holding (or receiving) the inputs")
     parser.add_argument("--subject", type=int, default=1)
     parser.add_argument("--methods", default="reference,improved,ridge",
-                        help="comma-separated: reference, improved, ridge, joint, improved-each")
+                        help="comma-separated: reference, improved, ridge, joint, improved-each, learned")
     parser.add_argument("--joint-subjects", default="1,2,3",
                         help="subjects of the joint and improved-each methods (comma-separated, must include --subject)")
     parser.add_argument("--val-fraction", type=float, default=0.05,
@@ -170,18 +191,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="epochs for every FactorTopy mode (default: theirs)")
     parser.add_argument("--set", action="append", default=[], metavar="MODE.KEY=JSON",
                         help='override a config key, e.g. improved.selector_lr=0.01 or improved.model={"scale_mode":"pyramid"}')
-    parser.add_argument("--out", type=Path, default=None, help="JSON file for the results (default: <run root>/bench/recovery.json)")
+    parser.add_argument("--shapes", default="mobilenet_v2",
+                        help=f"comma-separated model shapes, one table each: {', '.join(SHAPES)}")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file for the results (default: <run root>/bench/recovery.json; "
+                             "recovery-<shape>.json for other shapes)")
     args = parser.parse_args(argv)
-    run_root = args.run_root.resolve()
     methods = args.methods.split(",")
     several = {"joint", "improved-each"} & set(methods)
     numbers = [int(n) for n in args.joint_subjects.split(",")] if several else [args.subject]
     if args.subject not in numbers:
         parser.error(f"--joint-subjects {args.joint_subjects} must include --subject {args.subject}")
-    ensure_inputs(run_root, numbers)
-    store = FeatureStore.open(runroot.feature_store_path(run_root, "demo", MODEL))
-    subjects = [load_subject("synthetic", n, root=run_root, val_fraction=args.val_fraction) for n in numbers]
-    truths = {s.name: load_planted_truth(runroot.synthetic_root(run_root) / s.name) for s in subjects}
+    shapes = args.shapes.split(",")
+    unknown = sorted(set(shapes) - set(SHAPES))
+    if unknown:
+        parser.error(f"--shapes {args.shapes}: unknown {', '.join(unknown)}; known: {', '.join(SHAPES)}")
+    if args.out is not None and len(shapes) > 1:
+        parser.error("--out takes one shape; with several, each shape's results go to its default file")
+    for shape in shapes:
+        bench_shape(args, shape, methods, numbers)
+    return 0
+
+
+def bench_shape(args: argparse.Namespace, shape: str, methods: list[str], numbers: list[int]) -> None:
+    """Fit every method on one model shape's planted subject(s), write the JSON and print the table."""
+    run_root = args.run_root.resolve()
+    shape_root, model = ensure_inputs(run_root, numbers, shape)
+    store = FeatureStore.open(runroot.feature_store_path(shape_root, "demo", model))
+    subjects = [load_subject("synthetic", n, root=shape_root, val_fraction=args.val_fraction) for n in numbers]
+    truths = {s.name: load_planted_truth(runroot.synthetic_root(shape_root) / s.name) for s in subjects}
     subject = subjects[numbers.index(args.subject)]
     configs = method_configs(args)
     rows = {}
@@ -203,15 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in [method] + ([f"{method}-mean"] if len(fits) > 1 else []):
             print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[name].items() if isinstance(v, float)),
                   flush=True)
-    header = {"subject": subject.name, "n_train": len(subject.splits["train"]), "n_val": len(subject.splits["val"]),
+    header = {"shape": shape, "model": model, "subject": subject.name, "n_train": len(subject.splits["train"]), "n_val": len(subject.splits["val"]),
               "n_test": len(subject.splits["test"]), "n_vertices": subject.n_vertices, "n_layers": store.n_layers,
               "mean_noise_ceiling": float(np.mean(truths[subject.name].vertices["noise_ceiling"])), "targets": TARGETS}
-    out = args.out or run_root / "bench" / "recovery.json"
+    default = "recovery.json" if shape == "mobilenet_v2" else f"recovery-{shape}.json"
+    out = args.out or run_root / "bench" / default
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"setup": header, "results": rows}, indent=2, default=str))
     print(markdown_table(rows, header))
     print(layer_set_table(rows))
-    return 0
 
 
 def run_method(method: str, store: FeatureStore, subject: Subject, subjects: list[Subject],
@@ -239,9 +277,9 @@ def _neighbours(cfg: FitConfig, subject: Subject) -> np.ndarray | None:
 
 def markdown_table(rows: dict[str, dict], header: dict) -> str:
     """The results as a Markdown table with the targets in the last row."""
-    columns = ["layer_exact", "layer_within1", "layer_spearman", "centre_error_cells", "scale_vs_globality",
+    columns = ["layer_exact", "layer_within1", "layer_spearman", "layer_modal_share", "centre_error_cells", "scale_vs_globality",
                "scale_vs_rf_size", "mean_r2_test", "r2_over_nc", "seconds"]
-    lines = [f"subject {header['subject']}: {header['n_train']} train / {header['n_val']} val / {header['n_test']} test "
+    lines = [f"{header['shape']} ({header['model']}), subject {header['subject']}: {header['n_train']} train / {header['n_val']} val / {header['n_test']} test "
              f"images, {header['n_vertices']} vertices, {header['n_layers']} layers, mean NC "
              f"{header['mean_noise_ceiling']:.2f}", "",
              "| method | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]

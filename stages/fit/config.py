@@ -14,8 +14,9 @@ batch 32 and a 10x higher learning rate for the bottlenecks and read-out (1e-2):
 mean over D makes the read-out's reach per step small, and at 1e-3 the held-out R^2
 was still climbing after 10 epochs (R^2 / noise ceiling 0.43 at 1e-3, 0.66 at 4e-3,
 0.78 at 1e-2 on synthetic subject 1). Options beyond that (own selector learning rate,
-prior fade counted in epochs, pyramid scale, smoothness over mesh neighbours) are settings; they are on by
-default only where ``bench/recovery.py`` or held-out R^2 showed a gain.
+prior fade counted in epochs, pyramid scale, smoothness over mesh neighbours, a trained layer selector:
+:data:`LEARNED_LAYER_PRESET`) are settings; they are on by default only where ``bench/recovery.py`` or
+held-out R^2 showed a gain.
 """
 
 from __future__ import annotations
@@ -41,8 +42,16 @@ class FitConfig:
         lr: AdamW learning rate of the bottlenecks and read-out.
         selector_lr: learning rate of the space and scale selector MLPs; ``None`` = ``lr``.
         layer_lr: learning rate of the layer selector MLP; ``None`` = ``selector_lr``; 0 keeps the
-            warm-started layer choice fixed (the joint training otherwise collapses every vertex
-            onto one layer within ~60 steps on the synthetic subject, even at 1e-4).
+            warm-started layer choice fixed. Trained from the first step, the layer selector follows
+            the transient gradients of still-random bottlenecks and read-outs and collapses (on the
+            synthetic mobilenet_v2 subject, 94 % of vertices on the 1,280-channel last block within
+            10 steps at 1e-3; see ``layer_release_epochs`` and ``bottleneck_lr_by_width``).
+        layer_release_epochs: epochs the layer selector stays at its warm start before it trains at
+            ``layer_lr``, so that it compares layers through trained bottlenecks and read-outs.
+        bottleneck_lr_by_width: give each layer's bottlenecks the learning rate
+            ``lr * median(C) / C_l``. An AdamW step moves every weight by about the learning rate,
+            so at one rate a C-channel layer's bottleneck output moves ~C times as far per step and
+            the widest layer's read-out improves first; this equalises the layers' pace.
         weight_decay: AdamW weight decay (the reference's effective value is 0.01).
         loss_beta: smooth-L1 beta of the regression loss.
         prior_weight: weight of the entropy/scale regulariser at step 0.
@@ -81,6 +90,8 @@ class FitConfig:
     lr: float = 1e-2
     selector_lr: float | None = 1e-3
     layer_lr: float | None = 0.0
+    layer_release_epochs: int = 0
+    bottleneck_lr_by_width: bool = False
     weight_decay: float = 0.01
     loss_beta: float = 0.1
     prior_weight: float = 0.0
@@ -105,6 +116,9 @@ class FitConfig:
         positive = {"grid": self.grid, "epochs": self.epochs, "batch_size": self.batch_size,
                     "eval_batch_size": self.eval_batch_size, "shuffle_buffer": self.shuffle_buffer,
                     "prefetch": self.prefetch, "patience": self.patience}
+        if not isinstance(self.layer_release_epochs, int) or self.layer_release_epochs < 0:
+            raise ConfigError(f"fit config: layer_release_epochs must be an integer >= 0, got "
+                              f"{self.layer_release_epochs!r}")
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"fit config: {name} must be a positive integer, got {value}")
@@ -155,4 +169,14 @@ REFERENCE_PRESET: dict[str, Any] = {
     "smoothness_weight": 0.0,
     "patience": 10,
     "precision": "fp16",
+}
+
+
+#: A trained layer selector (``bench/recovery.py --methods learned``): the improved mode's settings with the
+#: layer selector released after the bottlenecks and read-outs have trained under the warm start, at a low rate,
+#: with width-balanced bottleneck rates. Merged like ``REFERENCE_PRESET``.
+LEARNED_LAYER_PRESET: dict[str, Any] = {
+    "layer_lr": 1e-4,
+    "layer_release_epochs": 2,
+    "bottleneck_lr_by_width": True,
 }

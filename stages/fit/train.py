@@ -186,7 +186,6 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
                                  neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)]
         for part, record in zip(parts, state.layer_sets):
             part.layer_sets = LayerSets.from_json(record)
-    model.selectors.layer.requires_grad_(cfg.layer_lr != 0)
     train = [part.sources["train"] for part in parts]
     steps_per_epoch = sum(math.ceil(source.n_images / cfg.batch_size) for source in train)
     fade_steps = cfg.fade_steps(steps_per_epoch)
@@ -194,6 +193,7 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
                desc=f"fit {'+'.join(subject.name for subject in subjects)}", unit="step", dynamic_ncols=True)
     started = time.perf_counter()
     while state.epoch < cfg.epochs and not state.stopped_early:
+        model.selectors.layer.requires_grad_(layer_selector_trains(cfg, state.epoch))
         with monitor.phase("train"):
             row = train_epoch(model, train, optimiser, scaler, state, cfg, precision=precision,
                               fade_steps=fade_steps, edges=[part.edges for part in parts], bar=bar)
@@ -278,6 +278,8 @@ def interleaved_batches(sources: Sequence[Any], *, batch_size: int, seed: int, e
 def build_optimiser(model: FactorTopy, cfg: FitConfig) -> torch.optim.AdamW:
     """AdamW with three groups: bottlenecks and read-outs (``lr``), layer selector (``layer_lr``),
     space and scale selectors (``selector_lr``); ``layer_lr == 0`` leaves the layer selector out.
+    With ``cfg.bottleneck_lr_by_width`` each layer's bottlenecks get their own group
+    (:func:`bottleneck_groups`).
 
     With several subjects the selectors' rates are divided by their number. Each step trains one
     subject's read-out but moves the shared selectors, so they take n_subjects steps for each step of
@@ -290,12 +292,35 @@ def build_optimiser(model: FactorTopy, cfg: FitConfig) -> torch.optim.AdamW:
     layer_lr = cfg.layer_lr * share if cfg.layer_lr is not None else selector_lr
     layer_ids = {id(p) for p in model.selectors.layer.parameters()}
     others = [p for p in model.selector_parameters() if id(p) not in layer_ids]
-    groups = [{"params": list(model.readout_parameters()), "lr": cfg.lr},
-              {"params": list(model.selectors.layer.parameters()), "lr": layer_lr},
-              {"params": others, "lr": selector_lr}]
+    groups = bottleneck_groups(model, cfg) if cfg.bottleneck_lr_by_width else []
+    grouped = {id(p) for group in groups for p in group["params"]}
+    groups += [{"params": [p for p in model.readout_parameters() if id(p) not in grouped], "lr": cfg.lr},
+               {"params": list(model.selectors.layer.parameters()), "lr": layer_lr, "name": "layer_selector"},
+               {"params": others, "lr": selector_lr}]
     if layer_lr == 0:
-        groups.pop(1)
+        groups = [group for group in groups if group.get("name") != "layer_selector"]
     return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def bottleneck_groups(model: FactorTopy, cfg: FitConfig) -> list[dict[str, Any]]:
+    """One optimiser group per layer holding its local and global bottleneck at ``lr * median(C) / C_l``.
+
+    AdamW moves every weight by about its learning rate per step, whatever the gradient's
+    size, so the output ``B_l x`` of a bottleneck over C_l unit-RMS channels moves about C_l
+    times as far per step as one over a single channel. At one shared rate the widest layer's
+    bottleneck (1,280 channels in mobilenet_v2, 16 in its narrowest block) fits the targets
+    first and a trained layer selector follows it. Dividing by the width equalises the pace.
+    """
+    median = float(np.median(model.n_channels))
+    return [{"params": [*local.parameters(), *global_.parameters()], "lr": cfg.lr * median / channels}
+            for local, global_, channels in zip(model.local_bottlenecks, model.global_bottlenecks, model.n_channels)]
+
+
+def layer_selector_trains(cfg: FitConfig, epochs_done: int) -> bool:
+    """Whether the layer selector trains in the epoch after ``epochs_done`` finished ones: never when
+    ``cfg.layer_lr == 0``, else once ``cfg.layer_release_epochs`` epochs have trained the bottlenecks and
+    read-outs under the warm-started layer choice (a frozen parameter gets no gradient, so AdamW leaves it be)."""
+    return cfg.layer_lr != 0 and epochs_done >= cfg.layer_release_epochs
 
 
 def train_epoch(model: FactorTopy, train: Sequence[Any], optimiser: torch.optim.Optimizer,
@@ -390,8 +415,9 @@ def fit_identity(stores: Sequence[FeatureStore], subjects: Sequence[Subject], cf
 
 
 def selection_summary(model: FactorTopy) -> dict[str, float]:
-    """Mean layer entropy and spread of the selections over every subject's vertices: how far the selectors
-    have moved."""
+    """Mean layer entropy, distinct argmax layers, the share of vertices on the most chosen layer
+    (``layer_modal_share``, near 1 when the layer selector has collapsed) and the spread of the space
+    selections over every subject's vertices: how far the selectors have moved."""
     from stages.fit.result import layer_summary
 
     selections = [model.selections(subject=index) for index in range(model.n_subjects)]
@@ -400,6 +426,7 @@ def selection_summary(model: FactorTopy) -> dict[str, float]:
     space = np.concatenate([chosen.space.detach().float().cpu().numpy() for chosen in selections])
     return {"layer_entropy": float(summary["layer_entropy"].mean()),
             "layer_argmax_distinct": int(len(np.unique(summary["layer_argmax"]))),
+            "layer_modal_share": float(np.bincount(summary["layer_argmax"]).max() / len(weights)),
             "space_spread": float(space.std(axis=0).mean())}
 
 
