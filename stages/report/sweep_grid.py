@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from cache.errors import InvalidInputError
@@ -36,23 +37,25 @@ def render_model_subject_grid(fits: Mapping[tuple[str, str], FitResult], flat: C
                               models: Sequence[str], subjects: Sequence[str], panel_width: float = 3.2,
                               resolution: int = 400, space_extent: float = 1.0) -> Figure:
     """Rows = ``models``, columns = ``subjects`` then their average: map ``map_name`` of each ``(model, subject)``
-    fit (a missing fit leaves its panel empty and says so)."""
+    fit, zoomed onto the fits' vertices (a missing fit, or one without that map, e.g. ridge's space map, leaves
+    its panel empty and says so)."""
     if not fits:
         raise InvalidInputError("a model x subject grid needs at least one fit")
     averages = model_averages(fits)
     columns = [*subjects, *([AVERAGE] if averages else [])]
-    figure = Figure(figsize=(panel_width * len(columns), 0.5 * panel_width * len(models) + 0.4), layout="constrained")
+    figure = Figure(figsize=(panel_width * len(columns), 0.85 * panel_width * len(models) + 0.4), layout="constrained")
     axes = figure.subplots(len(models), len(columns), squeeze=False)
     for row, model in zip(axes, models):
         for ax, column in zip(row, columns):
             fit = averages.get(model) if column == AVERAGE else fits.get((model, column))
-            available = {} if fit is None else {m.name: m for m in fit_maps(fit, space_extent=space_extent)}
+            available = {} if fit is None else {m.name: m for m in fit_maps(fit, space_extent=space_extent)
+                                                if np.isfinite(m.values).any()}
             if map_name not in available:
                 ax.set_axis_off()
                 ax.set_title(f"{model} / {column}: no {map_name}", fontsize=7)
                 continue
             render_map(fit, available[map_name], flat, rois=False, title=f"{model} / {column}",
-                       resolution=resolution, ax=ax)
+                       resolution=resolution, crop=True, ax=ax)
             ax.title.set_fontsize(8)
     figure.suptitle(f"{map_name}: models x subjects", fontsize=10)
     return figure
