@@ -86,6 +86,15 @@ def gradient_report(tag: str, model: FactorTopy, train, cfg: FitConfig, truth: n
           f"argmax is wrong it prefers the planted layer to the current one for {prefers:.2f}", flush=True)
 
 
+def _step(model, optimiser, batch, cfg: FitConfig) -> None:
+    """One plain training step: the fit's loss, gradient clipping and the optimiser."""
+    loss = regression_loss(model(batch.local, batch.global_), batch.target, beta=cfg.loss_beta)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+    optimiser.step()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-root", type=Path, default=ROOT / "runs")
@@ -114,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     gradient_report("2. before training", model, train, fixed, truth)
     for epoch in range(1, args.epochs + 1):
         for _, batch in interleaved_batches([train], batch_size=fixed.batch_size, seed=fixed.seed, epoch=epoch):
-            loss = regression_loss(model(batch.local, batch.global_), batch.target, beta=fixed.loss_beta)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), fixed.clip_grad_norm)
-            optimiser.step()
+            _step(model, optimiser, batch, fixed)
         gradient_report(f"2. after {epoch} epoch(s), layer fixed", model, train, fixed, truth)
 
     trained = replace(fixed, layer_lr=args.layer_lr, bottleneck_lr_by_width=args.by_width)
@@ -127,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     step = 0
     while step < args.steps:
         for _, batch in interleaved_batches([train], batch_size=trained.batch_size, seed=trained.seed, epoch=step + 1):
-            loss = regression_loss(model(batch.local, batch.global_), batch.target, beta=trained.loss_beta)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), trained.clip_grad_norm)
-            optimiser.step()
+            _step(model, optimiser, batch, trained)
             step += 1
             if step in REPORT_STEPS or step == args.steps:
                 chosen = model.selections().layer_weights.detach().argmax(dim=1).numpy()

@@ -59,6 +59,7 @@ from stages.fit.multisubject import fit_factortopy_multi  # noqa: E402
 from stages.fit.result import FitResult  # noqa: E402
 from stages.fit.ridge import RidgeConfig, fit_ridge  # noqa: E402
 from stages.fit.train import fit_factortopy  # noqa: E402
+from stages.report.compare import align_vertices  # noqa: E402
 from stages.subject import Subject  # noqa: E402
 
 MODEL = runroot.DEFAULT_MODEL
@@ -91,11 +92,17 @@ def ensure_inputs(run_root: Path, subjects: list[int], shape: str = "mobilenet_v
     return shape_root, model
 
 
+def _truth_rows(fit: FitResult, truth: FitResult) -> np.ndarray:
+    """For each vertex of the planted truth, the fit's row at the same hemisphere and fsaverage index."""
+    rows = align_vertices(fit, truth)
+    if (rows < 0).any():
+        raise ValueError(f"{(rows < 0).sum()} planted vertices are missing from the fit")
+    return rows
+
+
 def recovery_scores(fit: FitResult, truth: FitResult) -> dict[str, float]:
     """The benchmark's numbers for one fit against the planted truth (vertices matched by hemisphere and index)."""
-    key = lambda result: [f"{h}:{i}" for h, i in zip(result.vertices["hemisphere"], result.vertices["fsaverage_index"])]
-    position = {name: row for row, name in enumerate(key(fit))}
-    rows = np.array([position[name] for name in key(truth)])
+    rows = _truth_rows(fit, truth)
     f = {name: np.asarray(values)[rows] for name, values in fit.vertices.items()}
     t = truth.vertices
     difference = np.abs(f["layer_argmax"].astype(int) - t["layer_argmax"].astype(int))
@@ -128,9 +135,7 @@ def layer_set_calibration(fit: FitResult, truth: FitResult) -> dict[str, float]:
     if "layer_set_size" not in fit.vertices:
         return {name: float("nan") for name in ("layer_set_coverage", "mean_layer_set_size", "shown_layer_confidence",
                                                 "confident_exact", "confident_share")}
-    key = lambda result: [f"{h}:{i}" for h, i in zip(result.vertices["hemisphere"], result.vertices["fsaverage_index"])]
-    position = {name: row for row, name in enumerate(key(fit))}
-    rows = np.array([position[name] for name in key(truth)])
+    rows = _truth_rows(fit, truth)
     planted = np.asarray(truth.vertices["layer_argmax"], dtype=int)
     in_set = np.stack([np.asarray(fit.vertices[f"layer_in_set_{layer:02d}"])[rows]
                        for layer in range(len(fit.layer_names))], axis=1)

@@ -34,12 +34,6 @@ from cache.schema import PROVENANCE_KEY, SCHEMA_KEY, StoreLayout, describe_diffe
 _ID_KEYS = ("n_images", "image_ids_sha256", "provenance.image_ids_sha256")
 
 
-def extension_target(path: Path) -> dict[str, Any] | None:
-    """The unfinished extension recorded in the store at ``path`` (``n_images``, ``image_ids_sha256``), or None."""
-    record = zarr.open_group(path, mode="r").attrs.get(SCHEMA_KEY, {})
-    return record.get("extending") if isinstance(record, dict) else None
-
-
 def extend_store(path: str | Path, *, image_ids: Sequence[str], provenance: Mapping[str, Any]) -> list[str]:
     """Make the store at ``path`` hold ``image_ids``: the stored ids first, in their order, then the new ones.
 
@@ -63,7 +57,8 @@ def extend_store(path: str | Path, *, image_ids: Sequence[str], provenance: Mapp
             f"feature store {path} holds {old_n} images that are not the first of the {len(ids)} requested; "
             "a store can only gain images (pass every image it was built from, plus the new ones)")
     layout = StoreLayout(**record["layout"])
-    requested = identity_record(layout=layout, image_ids_sha256=hash_strings(ids), n_images=len(ids),
+    ids_sha256 = hash_strings(ids)
+    requested = identity_record(layout=layout, image_ids_sha256=ids_sha256, n_images=len(ids),
                                 provenance=json_ready(dict(provenance)))
     stored_identity = identity_record(layout=layout, image_ids_sha256=record["image_ids_sha256"], n_images=old_n,
                                       provenance=group.attrs.get(PROVENANCE_KEY, {}))
@@ -75,7 +70,7 @@ def extend_store(path: str | Path, *, image_ids: Sequence[str], provenance: Mapp
     added = ids[old_n:]
     if not added:
         return []
-    target = {"n_images": len(ids), "image_ids_sha256": hash_strings(ids)}
+    target = {"n_images": len(ids), "image_ids_sha256": ids_sha256}
     group.attrs[SCHEMA_KEY] = {**record, "extending": target}
     _grow_arrays(group, ids, old_n=old_n, chunk_images=int(layout.chunk_images))
     stored_provenance = dict(group.attrs.get(PROVENANCE_KEY, {}))

@@ -222,13 +222,13 @@ class FeatureStore:
         array = self._arrays.get(IMAGE_DIGEST)
         return None if array is None else np.asarray(array[:].tolist(), dtype=str)
 
-    def changed_rows(self, digests: Sequence[str]) -> np.ndarray | None:
-        """Rows whose image content differs from the recorded digest (int64, ascending), or None when none is
-        recorded yet."""
+    def changed_rows(self, digests: Sequence[str]) -> np.ndarray:
+        """Rows whose image content differs from their recorded digest (int64, ascending); rows without one
+        (none recorded yet, or added by an extension) never count as changed."""
         recorded = self.image_digests()
         if recorded is None:
-            return None
-        return np.flatnonzero(recorded != np.asarray(digests, dtype=str)).astype(np.int64)
+            return np.empty(0, dtype=np.int64)
+        return np.flatnonzero((recorded != np.asarray(digests, dtype=str)) & (recorded != "")).astype(np.int64)
 
     def record_image_digests(self, digests: Sequence[str]) -> None:
         """Record one content digest per image (row order), creating the array in a store that lacks it."""

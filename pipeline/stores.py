@@ -72,7 +72,8 @@ def update_feature_store(path: Path, files: ImageFiles, request: ModelRequest, c
     """
     workers = max(1, cfg.decode_workers)
     reusable = path.exists() and not overwrite and probe_store(path) == "ready"
-    images = ordered_source(files, stored_ids(path) if reusable else ())
+    held = stored_ids(path) if reusable else []
+    images = ordered_source(files, held)
     model = request.load()
     run_record = {"imageset": imageset, "image_sources": list(files.sources), "config": to_json_data(cfg), **(run or {})}
     provenance = store_provenance(model, images, cfg, seed=None if request.pretrained else request.seed, run=run_record)
@@ -81,7 +82,7 @@ def update_feature_store(path: Path, files: ImageFiles, request: ModelRequest, c
     digests = file_digests([Path(name) for name in images.names], workers=workers)
     added: list[str] = []
     if reusable:
-        n_stored = len(stored_ids(path))
+        n_stored = len(held)
         if len(images) > n_stored:
             validate_images(_tail(images, n_stored), workers=workers)
             added = extend_store(path, image_ids=images.image_ids, provenance=provenance)
@@ -123,9 +124,6 @@ def _tail(images: ImageSource, start: int) -> ImageSource:
 def _reopen_changed_images(store: FeatureStore, names: tuple[str, ...], digests: list[str]) -> None:
     """Images whose file content changed since their features were extracted: their chunks are computed again."""
     changed = store.changed_rows(digests)
-    if changed is None or not changed.size:
-        return
-    changed = changed[store.image_digests()[changed] != ""]   # rows an extension just added have no digest yet
     if not changed.size:
         return
     chunks = sorted({int(row) // store.chunk_images for row in changed})

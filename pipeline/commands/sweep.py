@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -13,11 +15,11 @@ from pipeline.subjects import list_subject_readers
 from pipeline.subjects.assemble import subject_label
 from pipeline.subjects.locate import subject_image_folders
 from pipeline.sweep.execute import default_workers, open_client, printer, submit_tasks, uses_gpu
-from pipeline.sweep.identity import fit_task_identity, is_up_to_date, store_task_identity
+from pipeline.sweep.identity import is_up_to_date
 from pipeline.sweep.plan import SWEEP_METHODS, SweepRequest, Task, data_root, plan_tasks, sweep_dir
 from pipeline.sweep.report import write_sweep_report
 from pipeline.sweep.table import build_table, write_table
-from pipeline.sweep.tasks import TaskContext, base_row
+from pipeline.sweep.tasks import TaskContext, base_row, task_identity
 
 NAME = "sweep"
 HELP = ("many models x subjects x methods as one resumable job on dask.distributed: one feature store per model "
@@ -87,9 +89,8 @@ def run(args: argparse.Namespace) -> int:
     folders, lists = _sources(request, healthy, root)
     tasks = plan_tasks(request, folders, lists)
     device_args = ("--device", args.device)
-    tasks = [Task(t.key, t.kind, t.model, t.subjects, t.method, (*t.argv, *device_args), t.outputs, t.depends)
-             for t in tasks]
-    threads = args.threads or (0 if args.scheduler else max(1, _cores() // workers))
+    tasks = [dataclasses.replace(t, argv=(*t.argv, *device_args)) for t in tasks]
+    threads = args.threads or (0 if args.scheduler else max(1, (os.cpu_count() or 1) // workers))
     context = TaskContext(records=run_root / "sweeps" / ".records", logs=folder / "logs", data=request.data,
                           data_root=root, folders=tuple(folders), lists=tuple(lists),
                           store_paths={t.model: t.outputs[0] for t in tasks if t.kind == "store"}, threads=threads,
@@ -168,9 +169,7 @@ def _settled_rows(tasks: list[Task], context: TaskContext, broken: dict[str, str
             settled_stores.add(task.key)
             continue
         if task.kind == "store" or task.depends in settled_stores:
-            identity = (store_task_identity(task, context.folders, context.lists) if task.kind == "store" else
-                        fit_task_identity(task, context.store_paths[task.model], data=context.data,
-                                          root=context.data_root))
+            identity = task_identity(task, context)
             if is_up_to_date(context.records, task, identity):
                 rows.append(base_row(task, "skipped"))
                 settled_stores.add(task.key)
@@ -217,8 +216,3 @@ def sweep_command(request: SweepRequest, args: argparse.Namespace) -> str:
     parts += ["--fit-args", args.fit_args] if args.fit_args else []
     return "bddn " + " ".join(shlex.quote(part) for part in parts)
 
-
-def _cores() -> int:
-    import os
-
-    return os.cpu_count() or 1

@@ -40,7 +40,6 @@ such a chunk complete.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import warnings
@@ -53,6 +52,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cache.errors import InvalidInputError, MissingInputError
 from cache.folder import SHOWN
+from cache.provenance import hash_file
 from stages.features.image_source import ImageSource
 
 log = logging.getLogger(__name__)
@@ -122,15 +122,11 @@ def file_digest(path: Path) -> str:
 
     Raises InvalidInputError naming the file when it cannot be read.
     """
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
+        return "sha256:" + hash_file(str(path))
     except OSError as error:
         raise InvalidInputError(f"image {path} cannot be read ({error.strerror or error}); fix its permissions or "
                                 "remove it from the folder") from error
-    return "sha256:" + digest.hexdigest()
 
 
 def file_digests(paths: Sequence[Path], *, workers: int = 2) -> list[str]:

@@ -83,9 +83,10 @@ def write_report(figures_root: Path, inputs: Sequence[ReportInput], flat: Cortic
     cfg = with_space_extent(cfg, [item.fit for item in inputs])
     meshes = viewer_meshes(inflated, flat, cfg) if cfg.viewer else None
     sections, scores = [], []
+    truths = _truths(inputs)
     for item in tqdm(inputs, desc="figures", unit="fit", disable=not progress):
         section, score_row = _write_fit(figures_root, item, flat, inflated, cfg, reproduce, images,
-                                        truth=_truths(inputs).get(item.fit.subject), meshes=meshes)
+                                        truth=truths.get(item.fit.subject), meshes=meshes)
         sections.append(section)
         scores.append(score_row)
     table = pd.DataFrame(scores)

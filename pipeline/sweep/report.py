@@ -57,11 +57,11 @@ def write_sweep_report(folder: Path, tasks: Sequence[Task], table: pd.DataFrame,
         fits = {key: item.fit for key, item in zip(cells, inputs)}
         flat, _ = load_report_meshes(inputs)
         extent = with_space_extent(cfg, list(fits.values())).space_extent
+        averages = model_averages(fits)
         for map_name in MAPS:
             figure = render_model_subject_grid(fits, flat, map_name=map_name, models=models, subjects=subjects,
-                                               space_extent=extent)
+                                               space_extent=extent, averages=averages)
             figures.append(save_figure(figure, folder / "report" / f"{method}-grid-{map_name}", cfg=cfg)["png"])
-        averages = model_averages(fits)
         if averages:
             figures.append(save_figure(render_model_roi_profiles(averages), folder / "report" / f"{method}-roi-profiles",
                                        cfg=cfg)["png"])

@@ -33,14 +33,24 @@ def pearson_r(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
     Returns:
         float32 array of shape (n_vertices,); 0 where either column is constant.
     """
+    return pearson_r64(prediction, target)[0].astype(np.float32)
+
+
+def pearson_r64(prediction: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation per vertex in float64, and whether both columns vary.
+
+    Returns:
+        (r, varies): float64 and bool arrays of shape (n_vertices,); r is 0 where ``varies`` is False.
+    """
     prediction = np.asarray(prediction, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
     p = prediction - prediction.mean(axis=0)
     t = target - target.mean(axis=0)
     denominator = np.sqrt((p**2).sum(axis=0) * (t**2).sum(axis=0))
+    varies = denominator > 0
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.where(denominator > 0, (p * t).sum(axis=0) / denominator, 0.0)
-    return r.astype(np.float32)
+        r = np.where(varies, (p * t).sum(axis=0) / denominator, 0.0)
+    return r, varies
 
 
 def noise_normalised(score: np.ndarray, noise_ceiling: np.ndarray | None, *, floor: float = 1e-3) -> np.ndarray | None:

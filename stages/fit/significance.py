@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import t as student_t
 
+from stages.fit.metrics import pearson_r64
+
 #: Image-bootstrap replicates of the test R^2 a fit keeps.
 R2_RESAMPLES = 200
 #: Vertices handled at once by :func:`bootstrap_r2` (bounds (n_resamples, block) float64 temporaries).
@@ -39,19 +41,14 @@ def correlation_p_values(prediction: np.ndarray, target: np.ndarray) -> np.ndarr
     Returns:
         float64 array of shape (n_vertices,); 1 where either column is constant.
     """
-    prediction = np.asarray(prediction, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    n = prediction.shape[0]
+    n = np.shape(prediction)[0]
     if n < 3:
         raise ValueError(f"a correlation test needs at least 3 images, got {n}")
-    p = prediction - prediction.mean(axis=0)
-    t = target - target.mean(axis=0)
-    denominator = np.sqrt((p ** 2).sum(axis=0) * (t ** 2).sum(axis=0))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.clip(np.where(denominator > 0, (p * t).sum(axis=0) / denominator, 0.0), -1.0, 1.0)
-        statistic = r * np.sqrt((n - 2) / np.maximum(1.0 - r ** 2, 1e-300))
+    r, varies = pearson_r64(prediction, target)
+    r = np.clip(r, -1.0, 1.0)
+    statistic = r * np.sqrt((n - 2) / np.maximum(1.0 - r ** 2, 1e-300))
     values = student_t.sf(statistic, n - 2)
-    return np.where(denominator > 0, values, 1.0)
+    return np.where(varies, values, 1.0)
 
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:

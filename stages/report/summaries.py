@@ -104,7 +104,8 @@ def kept_vertices(fit: FitResult, alpha: float | None) -> np.ndarray:
 
 def _areas(fit: FitResult, keep: np.ndarray) -> tuple[tuple[str, ...], list[np.ndarray]]:
     """Areas (sorted by name) holding kept vertices, and their kept vertex indices."""
-    labels = np.array([canonical_area(roi) for roi in np.asarray(fit.vertices["roi"]).astype(str)])
+    rois, inverse = np.unique(np.asarray(fit.vertices["roi"]).astype(str), return_inverse=True)
+    labels = np.array([canonical_area(roi) for roi in rois], dtype=str)[inverse.ravel()]
     names = tuple(sorted(set(labels[keep].tolist()) - {"", "nan", "none"}))
     return names, [np.flatnonzero((labels == name) & keep) for name in names]
 

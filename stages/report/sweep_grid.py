@@ -35,13 +35,14 @@ def model_averages(fits: Mapping[tuple[str, str], FitResult]) -> dict[str, FitRe
 
 def render_model_subject_grid(fits: Mapping[tuple[str, str], FitResult], flat: CorticalMesh, *, map_name: str,
                               models: Sequence[str], subjects: Sequence[str], panel_width: float = 3.2,
-                              resolution: int = 400, space_extent: float = 1.0) -> Figure:
+                              resolution: int = 400, space_extent: float = 1.0,
+                              averages: Mapping[str, FitResult] | None = None) -> Figure:
     """Rows = ``models``, columns = ``subjects`` then their average: map ``map_name`` of each ``(model, subject)``
     fit, zoomed onto the fits' vertices (a missing fit, or one without that map, e.g. ridge's space map, leaves
-    its panel empty and says so)."""
+    its panel empty and says so). ``averages``: :func:`model_averages` of ``fits`` when the caller has it already."""
     if not fits:
         raise InvalidInputError("a model x subject grid needs at least one fit")
-    averages = model_averages(fits)
+    averages = model_averages(fits) if averages is None else averages
     columns = [*subjects, *([AVERAGE] if averages else [])]
     figure = Figure(figsize=(panel_width * len(columns), 0.85 * panel_width * len(models) + 0.4), layout="constrained")
     axes = figure.subplots(len(models), len(columns), squeeze=False)

@@ -29,6 +29,7 @@ from cache.errors import InvalidInputError
 from stages.fit.result import FitResult
 from stages.mesh import HEMISPHERES, CorticalMesh
 from stages.report.colours import layer_colour_bar, layer_hue, space_colour_square
+from stages.report.figures import roi_labels_on_mesh
 from stages.report.flatmap import hemisphere_offsets, roi_boundaries
 from stages.report.inflated import SEPARATE_VIEWS, VIEWS, project
 from stages.report.surface_values import place_on_mesh, underlay_grey
@@ -70,8 +71,7 @@ def viewer_payload(fit: FitResult, maps: Sequence[ViewerMap], inflated: Cortical
     hemis = {}
     rows = place_on_mesh(np.arange(n_rows), fit.vertices["hemisphere"], fit.vertices["fsaverage_index"], inflated,
                          fill=-1)
-    labels = place_on_mesh(np.asarray(fit.vertices["roi"]).astype(str), fit.vertices["hemisphere"],
-                           fit.vertices["fsaverage_index"], inflated, fill="")
+    labels = roi_labels_on_mesh(fit, inflated)
     index_dtype = "u16" if inflated.lh.n_vertices < 65_536 else "u32"
     offsets = hemisphere_offsets(flat)
     for name in HEMISPHERES:
@@ -122,10 +122,10 @@ class _ArrayTable:
 
     def add(self, name: str, values: np.ndarray) -> str:
         """Store ``values`` (n_rows,) under ``name`` unless identical values are stored; returns the key used."""
-        entry = _encode(values, "f32")
-        digest = hashlib.sha1(entry["b64"].encode()).hexdigest()
+        digest = hashlib.sha1(np.asarray(values, dtype="<f4").tobytes()).hexdigest()
         if digest in self._by_digest:
             return self._by_digest[digest]
+        entry = _encode(values, "f32")
         key = name if name not in self.encoded else f"{name}_{len(self.encoded)}"
         self.encoded[key] = entry
         self._by_digest[digest] = key

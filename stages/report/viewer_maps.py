@@ -5,7 +5,7 @@ table holds is offered as a map and read out at the pointed vertex, one it lacks
 so per-vertex columns added to ``vertices.parquet`` later (layer confidence, credible-set size,
 q-values) appear by adding a row here. The coloured maps (layer, space, channel clusters) are
 those of :func:`stages.report.maps.fit_maps`, so the viewer paints exactly the static maps'
-colours; a planted truth adds its own maps and the fit-minus-truth differences.
+colours, and the scalar maps use the static maps' colour scales; a planted truth adds its own maps and the fit-minus-truth differences.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from stages.fit.result import FitResult
-from stages.report.colours import LAYER_CMAP, SCALE_CMAP, SCORE_CMAP
+from stages.report.colours import (
+    CONFIDENCE_CMAP, LAYER_CMAP, SCALE_CMAP, SCORE_CMAP, SET_SIZE_CMAP, SIGNIFICANCE_CMAP,
+)
 from stages.report.compare import align_vertices, difference_maps
 from stages.report.maps import SCORE_MAPS, VertexMap, fit_maps, layer_weight_maps
 
@@ -54,10 +56,10 @@ COLUMN_SPECS: tuple[ColumnSpec, ...] = (
     ColumnSpec("layer_entropy", "layer entropy (0 one layer, 1 uniform)", "selections", "viridis", as_map=False),
     ColumnSpec("scale", "scale (0 local, 1 global)", "selections", SCALE_CMAP),
     *(ColumnSpec(column, title, "scores", SCORE_CMAP) for column, title in SCORE_MAPS.items()),
-    ColumnSpec("layer_confidence", "layer confidence", "uncertainty", "viridis"),
-    ColumnSpec("layer_set_size", "layers in the 90 % credible set", "uncertainty", "viridis", "set_size", digits="int"),
-    ColumnSpec("p_value", "-log10 p (test prediction)", "uncertainty", "magma", "positive", "-log10", "g"),
-    ColumnSpec("q_value", "-log10 q (FDR, test prediction)", "uncertainty", "magma", "positive", "-log10", "g"),
+    ColumnSpec("layer_confidence", "layer confidence", "uncertainty", CONFIDENCE_CMAP),
+    ColumnSpec("layer_set_size", "layers in the 90 % credible set", "uncertainty", SET_SIZE_CMAP, "set_size", digits="int"),
+    ColumnSpec("p_value", "-log10 p (test prediction)", "uncertainty", SIGNIFICANCE_CMAP, "positive", "-log10", "g"),
+    ColumnSpec("q_value", "-log10 q (FDR, test prediction)", "uncertainty", SIGNIFICANCE_CMAP, "positive", "-log10", "g"),
     ColumnSpec("n_subjects", "subjects covering the vertex", "average", "viridis", "positive", digits="int"),
 )
 

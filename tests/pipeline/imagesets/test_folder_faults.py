@@ -35,7 +35,7 @@ def test_an_unreadable_image_with_a_content_id_is_one_line(tmp_path, monkeypatch
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(folder_module, "open", refuse, raising=False)
+    monkeypatch.setattr(folder_module, "hash_file", refuse)
     with pytest.raises(InvalidInputError) as caught:
         stable_image_id(path)
     message = str(caught.value)
