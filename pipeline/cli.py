@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
             if error.name == module_name:
                 continue
             raise
-        sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        # argparse %-formats a sub-command's help (not its description): a literal "95 %" must reach it as "%%".
+        sub = subparsers.add_parser(module.NAME, help=module.HELP.replace("%", "%%"), description=module.HELP)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)
     return parser

