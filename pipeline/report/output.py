@@ -42,7 +42,8 @@ from stages.report.export import write_gifti_maps
 from stages.report.figures import iter_fit_figures
 from stages.report.html import PageFigure, PageSection, PageTable, render_page
 from stages.report.maps import scalar_exports
-from stages.report.summaries import score_hierarchy, summarise_rois, to_markdown
+from stages.report.markdown import to_markdown
+from stages.report.summaries import score_hierarchy, summarise_rois
 
 
 def save_figure(figure: Figure, stem: Path, *, cfg: ReportConfig) -> dict[str, Path]:

@@ -202,17 +202,3 @@ def score_hierarchy(fit: FitResult, summary: pd.DataFrame | None = None, *, alph
     return HierarchyScore(float(result.statistic), float(result.pvalue), len(ranked), entropy, float(ceiling),
                           float(low), float(high), level)
 
-
-def to_markdown(table: pd.DataFrame, *, digits: int = 3) -> str:
-    """A GitHub-flavoured Markdown table of ``table`` (floats rounded to ``digits``)."""
-    def cell(value: object) -> str:
-        if value is pd.NA:
-            return ""
-        if isinstance(value, (float, np.floating)):
-            return "" if np.isnan(value) else f"{value:.{digits}f}"
-        return str(value).replace("|", "\\|")
-
-    header = "| " + " | ".join(map(str, table.columns)) + " |"
-    rule = "| " + " | ".join("---" for _ in table.columns) + " |"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"

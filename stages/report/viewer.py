@@ -37,6 +37,8 @@ from stages.report.viewer_maps import ReadoutField, ViewerMap, readout_fields
 
 #: Column whose value the page's threshold slider compares with its cut-off.
 THRESHOLD_COLUMN = "r2_test"
+#: JSON escapes of the characters with meaning in HTML, for data embedded in a script element.
+_JSON_IN_HTML = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
 def render_viewer(fit: FitResult, maps: Sequence[ViewerMap], inflated: CorticalMesh, flat: CorticalMesh, *,
@@ -52,7 +54,8 @@ def render_viewer(fit: FitResult, maps: Sequence[ViewerMap], inflated: CorticalM
         provenance: what produced the page (shown folded, as JSON).
     """
     payload = viewer_payload(fit, maps, inflated, flat, title=title, note=note)
-    data = json.dumps(payload, separators=(",", ":")).replace("</", "<\\/")
+    # <, > and & as JSON escapes: no label (ROI, subject, layer) can close the script element or read as markup
+    data = json.dumps(payload, separators=(",", ":")).translate(_JSON_IN_HTML)
     script = resources.files("stages.report").joinpath("viewer.js").read_text(encoding="utf-8")
     record = json.dumps(provenance or {}, indent=1, default=str, sort_keys=True)
     parts = {"title": html.escape(title), "note": html.escape(payload["note"]), "style": _STYLE, "data": data,

@@ -8,7 +8,8 @@ import pytest
 from cache.errors import InvalidInputError
 from report_helpers import planted_fit
 from stages.report.compare import average_fits, difference_maps
-from stages.report.summaries import canonical_area, hierarchy_rank, score_hierarchy, summarise_rois, to_markdown
+from stages.report.markdown import to_markdown
+from stages.report.summaries import canonical_area, hierarchy_rank, score_hierarchy, summarise_rois
 
 
 @pytest.mark.parametrize(("roi", "area"), [("V1v", "V1"), ("V2d", "V2"), ("hV4", "V4"), ("FFA-1", "FFA"),
