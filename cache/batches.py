@@ -81,8 +81,10 @@ class BlockReader:
         """The decoded row range covering ``rows[positions]`` (all inside one block).
 
         Raises:
-            DamagedStoreError: an array's chunk does not decode; one line naming the store,
-                array and chunk, and the command that repairs it.
+            DamagedStoreError: an array's chunk does not decode, or holds NaN/Inf (``write_chunk``
+                never stores them; a missing chunk file reads as NaN, the fill value): one line
+                naming the store, array and chunk, and the command that repairs it. Every read of
+                features (``FeatureStore.read``, ``iter_batches``: every fitter's) passes this guard.
         """
         wanted = rows[positions]
         start, stop = int(wanted.min()), int(wanted.max()) + 1
@@ -91,18 +93,32 @@ class BlockReader:
 
     def _decode(self, array: zarr.Array, start: int, stop: int) -> np.ndarray:
         try:
-            return array[start:stop]
+            values = array[start:stop]
         except Exception as error:   # zstd, checksum or shape errors from the codec pipeline
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise DamagedStoreError(
-                f"{self.source}: array {array.path}, chunk {start // self.chunk_images} cannot be decoded "
-                f"({type(error).__name__}: {reason[:160]}); rerun `bddn features` with the same options and --verify: "
-                f"it checks every chunk and extracts the damaged ones again") from error
+            raise self._damaged(array, start, f"cannot be decoded ({type(error).__name__}: {reason[:160]})") from error
+        if not all_finite(values):
+            raise self._damaged(array, start, "holds NaN/Inf values (a chunk whose file is missing reads as NaN, "
+                                              "the fill value)")
+        return values
+
+    def _damaged(self, array: zarr.Array, start: int, problem: str) -> DamagedStoreError:
+        """The one-line error for a chunk of ``array`` (the one holding row ``start``) that cannot be used."""
+        return DamagedStoreError(
+            f"{self.source}: array {array.path}, chunk {start // self.chunk_images} {problem}; rerun `bddn features` "
+            f"with the same options and --verify: it checks every chunk and extracts the damaged ones again")
 
     def pool(self) -> ThreadPoolExecutor:
         """A thread pool sized for this reader's arrays."""
         threads = min(MAX_READ_THREADS, len(self.local) + len(self.global_), os.cpu_count() or 1)
         return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="feature-read")
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """True when no element is inf or nan; float16 is tested on its exponent bits (fast)."""
+    if values.dtype == np.float16:
+        return not np.any((values.view(np.uint16) & 0x7C00) == 0x7C00)
+    return bool(np.isfinite(values).all())
 
 
 def plan_blocks(rows: np.ndarray, chunk_images: int, *, shuffle: bool = False, seed: int = 0) -> list[np.ndarray]:

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import zarr
 
-from cache.batches import FeatureBatch, BlockReader, iter_feature_batches, read_features
+from cache.batches import FeatureBatch, BlockReader, all_finite, iter_feature_batches, read_features
 from cache.extend import refuse_unfinished_extension
 from cache.errors import IncompleteStoreError, InvalidInputError, MissingInputError, StoreMismatchError
 from cache.folder import CHUNK_BYTES, IMAGE_DIGEST, RECORD_ARRAYS, SHOWN, build_store, chunk_file, describe_id_changes, probe_store, remove_store, validated_ids
@@ -320,7 +320,7 @@ class FeatureStore:
                                     f"{shape}, got {values.shape}")
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported just below
             cast = values.astype(self.layout.dtype, copy=False)
-        if not _all_finite(cast):
+        if not all_finite(cast):
             raise InvalidInputError(_non_finite_message(chunk, self.layer_names[layer], values, self.layout.dtype))
         return cast
 
@@ -396,13 +396,6 @@ class FeatureStore:
         rows = self.rows_for(image_ids)
         return iter_feature_batches(self._reader(grid, layers), rows, self.image_ids, batch_size=int(batch_size),
                                     shuffle=shuffle, seed=seed, drop_last=drop_last)
-
-
-def _all_finite(values: np.ndarray) -> bool:
-    """True when no element is inf or nan; float16 is tested on its exponent bits (fast)."""
-    if values.dtype == np.float16:
-        return not np.any((values.view(np.uint16) & 0x7C00) == 0x7C00)
-    return bool(np.isfinite(values).all())
 
 
 def _non_finite_message(chunk: int, layer: str, values: np.ndarray, dtype: str) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cache.errors import IncompleteStoreError, InvalidInputError, StoreMismatchError
+from cache.integrity import require_chunk_files
 from cache.store import FeatureStore
 from stages.subject import Subject
 
@@ -52,6 +53,8 @@ def check_inputs(store: FeatureStore, subject: Subject, *, layers: Sequence[str]
         InvalidInputError: NaN/inf responses, too few images in a split, a missing grid, bad neighbours.
         StoreMismatchError: configured layers absent from the store.
         IncompleteStoreError: the store lacks some of the subject's images (from ``store.rows_for``).
+        DamagedStoreError: a chunk file holding the subject's images at ``grid`` is missing or not
+            the size written (``cache.integrity.require_chunk_files``; every fit passes here).
     """
     if layers is None:
         layer_indices = list(range(store.n_layers))
@@ -85,7 +88,8 @@ def check_inputs(store: FeatureStore, subject: Subject, *, layers: Sequence[str]
             raise InvalidInputError(f"neighbours must be an int array of shape (n_edges, 2) indexing the "
                                     f"{subject.n_vertices} vertices, got shape {edges.shape}")
     try:
-        store.rows_for(subject.stimulus_ids)
+        rows = store.rows_for(subject.stimulus_ids)
     except IncompleteStoreError as error:
         raise IncompleteStoreError(f"subject {subject.name}: {error}") from error
+    require_chunk_files(store, rows, grid=grid)
     return layer_indices
