@@ -10,6 +10,9 @@ and does only the work the store lacks:
 - a store with the same request whose ids are a leading part of the requested ones (images
   added to a set): extend it (``cache.extend``) and extract only the new rows;
 - a store built from a different request: StoreMismatchError, unless ``overwrite``.
+
+:func:`check_subject_images` is the fit's side of the same contract: a subject is fitted only on
+the images whose features the store holds, compared by content digest under each id.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ from typing import Any
 
 import zarr
 
+from cache.errors import InvalidInputError
 from cache.extend import extend_store
 from cache.folder import SHOWN, probe_store
 from cache.integrity import damaged_chunks
 from cache.jsondata import to_json_data
 from cache.schema import SCHEMA_KEY
 from cache.store import FeatureStore
-from pipeline.imagesets.folder import FolderImageLoader, file_digests, validate_images
-from pipeline.imagesets.union import ImageFiles, ordered_source
+from pipeline.imagesets.folder import RENAME_HINT, FolderImageLoader, file_digests, validate_images
+from pipeline.imagesets.union import ImageFiles, gather_images, ordered_source
+from pipeline.subjects.assemble import subject_label
+from pipeline.subjects.locate import IMAGE_FOLDER_KINDS, subject_image_folders
 from stages.features.extract import ExtractConfig, extract_features, store_layout, store_provenance
 from stages.features.image_source import ImageSource
 from stages.features.scaleout import extract_features_distributed
@@ -131,3 +137,31 @@ def _reopen_changed_images(store: FeatureStore, names: tuple[str, ...], digests:
     print(f"features: {changed.size} image(s) changed since their features were extracted ({shown}); their "
           f"{len(chunks)} chunk(s) of {store.path} will be extracted again", file=sys.stderr)
     store.reopen_chunks(chunks)
+
+
+def check_subject_images(store: FeatureStore, *, data: str, subject: int | str, root: Path) -> None:
+    """Refuse to fit ``subject`` on ``store`` when one of its image files differs in content from the image the
+    store extracted under the same id (another subject's photo with that name, or a file changed since): its
+    features would be another image's.
+
+    Compares the SHA-256 of each of the subject's image files (``pipeline.subjects.locate``) that the store holds
+    with the digest the store recorded. Nothing to compare for data kept outside image files (NSD's HDF5) or in a
+    store made before digests were recorded. Raises InvalidInputError naming the file, the id and the store.
+    """
+    recorded = store.image_digests()
+    if recorded is None or data not in IMAGE_FOLDER_KINDS:
+        return
+    files = gather_images(subject_image_folders(data, subject, root))
+    row_of = {image_id: row for row, image_id in enumerate(store.image_ids.tolist())}
+    held = [(row_of[image_id], path) for image_id, path in zip(files.image_ids, files.paths) if image_id in row_of]
+    now = recorded.astype(object)
+    now[[row for row, _ in held]] = file_digests([path for _, path in held])
+    changed = set(store.changed_rows(now).tolist())
+    clashes = [(row, path) for row, path in held if row in changed]
+    if clashes:
+        row, path = clashes[0]
+        more = f" ({len(clashes) - 1} more like it)" if len(clashes) > 1 else ""
+        raise InvalidInputError(
+            f"{subject_label(subject)}'s image {path} (id {store.image_ids[row]}) is not the image feature store "
+            f"{store.path} extracted under that id{more}; one id must mean one image: if the file changed, rerun "
+            f"`bddn features` on the store's images to extract it again; if it is another photo, {RENAME_HINT}")

@@ -15,6 +15,7 @@ from cache.store import FeatureStore
 from pipeline import runroot
 from pipeline.config import build_config, given_flags, load_toml, precision_flag
 from pipeline.publish import check_finite_scores, publish
+from pipeline.stores import check_subject_images
 from pipeline.subjects import list_subject_readers, load_subject
 from pipeline.surfaces import mesh_neighbours, shared_sphere_coordinates
 from stages.device import PRECISIONS
@@ -121,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
         with monitor.phase("read_subject"):
             subject = _load_subject(args, args.subject or DEFAULT_SUBJECT, data_root)
         store = _open_store(args, run_root)
+        check_subject_images(store, data=args.data, subject=_subject_key(args.subject or DEFAULT_SUBJECT),
+                             root=data_root)
         out = runroot.fit_dir(run_root, args.model, subject.name, args.method)
         started = time.perf_counter()
         if isinstance(cfg, FitConfig):
@@ -145,6 +148,8 @@ def run_joint(args: argparse.Namespace, cfg: FitConfig | RidgeConfig, run_root: 
         raise ConfigError(f"--subjects needs two or more subjects, got {args.subjects}; use --subject for one")
     subjects = shared_sphere_coordinates([_load_subject(args, key, data_root) for key in args.subjects])
     store = _open_store(args, run_root)
+    for key in args.subjects:
+        check_subject_images(store, data=args.data, subject=_subject_key(key), root=data_root)
     names = [subject.name for subject in subjects]
     group = runroot.joint_fit_dir(run_root, args.model, names)
     started = time.perf_counter()

@@ -10,8 +10,10 @@ Listing
 Stable ids (:func:`stable_image_id`)
     ``nsd-00013`` / ``demo-00042`` when the stem ends in ``nsd-<digits>`` or
     ``demo-<digits>`` (after ``_`` or at the start), else ``sha256-`` + the first
-    16 hex digits of the file's SHA-256. Files sharing an id are one stimulus: the
-    first in sorted order is kept, the others are reported and skipped.
+    16 hex digits of the file's SHA-256. Files sharing an id are one stimulus when
+    their content is the same: the first in sorted order is kept, the others are
+    reported and skipped. Files sharing an id with different content are refused
+    (:func:`refuse_different_images`): one id means one image.
 
 Decoding policy (:func:`decode_image`, version ``DECODING_POLICY["version"]``)
     The same for every model, recorded in each store's provenance:
@@ -73,6 +75,10 @@ DECODING_POLICY = {
     "integer_16_32_bit": "clip 0..65535, round(v / 257)",
     "min_side": MIN_SIDE,
 }
+#: How to give one of two different images that share an id its own id (the end of the errors refusing them).
+RENAME_HINT = ("rename one of the files so that its name carries an id no other image has (e.g. "
+               "..._nsd-<unused number>.png), or drop the nsd-/demo- number from its name so that its id comes from "
+               "its content")
 #: File suffixes listed as images (compared lower-case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 _ID_PATTERN = re.compile(r"(?:^|_)(nsd|demo)-(\d+)$")
@@ -135,6 +141,29 @@ def file_digests(paths: Sequence[Path], *, workers: int = 2) -> list[str]:
         return list(pool.map(file_digest, paths))
 
 
+def refuse_different_images(repeats: Sequence[tuple[str, Path, Path]], *, workers: int = 2) -> None:
+    """Refuse files that share a stable id but not their content.
+
+    ``repeats``: ``(image id, first file, later file)`` for every file whose id an earlier file already has.
+    A repeated id is one stimulus, extracted once; were the two files different photos, one would be dropped
+    and its subject fitted on the other's features. Raises one InvalidInputError naming the first clash's two
+    files and how to rename one. Hard links and files of different sizes are told apart without reading them.
+    """
+    compared = [(image_id, first, later) for image_id, first, later in repeats if not first.samefile(later)]
+    same_size = [(first, later) for _, first, later in compared if first.stat().st_size == later.stat().st_size]
+    paths = list(dict.fromkeys(path for pair in same_size for path in pair))
+    digest = dict(zip(paths, file_digests(paths, workers=workers)))
+    clashes = [(image_id, first, later) for image_id, first, later in compared
+               if first.stat().st_size != later.stat().st_size or digest[first] != digest[later]]
+    if not clashes:
+        return
+    image_id, first, later = clashes[0]
+    more = (f" ({len(clashes) - 1} more id(s) like it: {', '.join(clash[0] for clash in clashes[1:SHOWN + 1])})"
+            if len(clashes) > 1 else "")
+    raise InvalidInputError(f"image id {image_id} names two different images, {first} and {later}{more}; one id "
+                            f"must mean one image: {RENAME_HINT}")
+
+
 def decode_image(path: Path) -> Image.Image:
     """Decode one file into an RGB 8-bit image by the module's decoding policy.
 
@@ -181,14 +210,16 @@ def image_source_from_folder(folder: Path, *, validate: bool = True, workers: in
     files = list_image_files(folder)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         ids = list(pool.map(stable_image_id, files))
-    kept_paths, kept_ids, seen, duplicates = [], [], {}, []
+    kept_paths, kept_ids, seen, duplicates, repeats = [], [], {}, [], []
     for path, image_id in zip(files, ids):
         if image_id in seen:
-            duplicates.append(f"{path.name} (same id {image_id} as {seen[image_id]})")
+            duplicates.append(f"{path.name} (same id {image_id} as {seen[image_id].name})")
+            repeats.append((image_id, seen[image_id], path))
             continue
-        seen[image_id] = path.name
+        seen[image_id] = path
         kept_paths.append(path)
         kept_ids.append(image_id)
+    refuse_different_images(repeats, workers=workers)
     if duplicates:
         warnings.warn(f"{folder}: {len(duplicates)} files repeat an earlier image's id and are skipped: "
                       + "; ".join(duplicates), stacklevel=2)

@@ -5,7 +5,9 @@ Algonauts subjects). A feature store built per model over the *union* of their i
 extracts each stimulus once. Images are identified by their stable ids
 (:func:`pipeline.imagesets.folder.stable_image_id`: ``nsd-00013`` from the file name, else
 a content hash), so the same stimulus under different file names in different folders is
-one image: the first occurrence in the order given is kept.
+one image: the first occurrence in the order given is kept. Files that share an id must
+share their content too: two different photos under one id are refused, naming both
+files (:func:`pipeline.imagesets.folder.refuse_different_images`), never one dropped.
 
 An image list is a text file naming one image file per line (relative paths are taken
 from the list's folder); blank lines and lines starting with ``#`` are skipped.
@@ -25,7 +27,9 @@ from typing import Sequence
 
 from cache.errors import InvalidInputError, MissingInputError
 from cache.folder import SHOWN
-from pipeline.imagesets.folder import DECODING_POLICY, FolderImageLoader, list_image_files, stable_image_id
+from pipeline.imagesets.folder import (
+    DECODING_POLICY, FolderImageLoader, list_image_files, refuse_different_images, stable_image_id,
+)
 from stages.features.image_source import ImageSource
 
 log = logging.getLogger(__name__)
@@ -70,31 +74,35 @@ def read_image_list(path: Path) -> list[Path]:
 
 
 def gather_images(folders: Sequence[Path] = (), lists: Sequence[Path] = ()) -> ImageFiles:
-    """The union of every folder's images and every list's files, one file per stable id (first kept)."""
+    """The union of every folder's images and every list's files, one file per stable id (first kept).
+
+    Raises InvalidInputError when two files share an id but not their content (see module doc).
+    """
     groups = [(str(Path(folder).expanduser().resolve()), list_image_files(Path(folder).expanduser().resolve()))
               for folder in folders]
     groups += [(str(Path(listed).expanduser().resolve()), read_image_list(listed)) for listed in lists]
     if not groups:
         raise InvalidInputError("no images given: pass --images DIR [DIR ...] or --image-list FILE")
     kept: dict[str, Path] = {}
-    shared = 0
+    repeats: list[tuple[str, Path, Path]] = []   # (id, first file, later file)
+    repeated: dict[str, list[str]] = {}          # source -> its files repeating an id of its own
     for source, files in groups:
-        repeated = []
         own: set[str] = set()
         for file in files:
             image_id = stable_image_id(file)
             if image_id in own:
-                repeated.append(f"{file.name} (same id {image_id} as an earlier file)")
+                repeated.setdefault(source, []).append(f"{file.name} (same id {image_id} as an earlier file)")
             own.add(image_id)
             if image_id in kept:
-                shared += 1
+                repeats.append((image_id, kept[image_id], file))
                 continue
             kept[image_id] = file
-        if repeated:
-            warnings.warn(f"{source}: {len(repeated)} files repeat an earlier image's id and are skipped: "
-                          + "; ".join(repeated[:SHOWN]), stacklevel=2)
-    if shared:
-        log.info("%d image files repeat an id met earlier (the same stimulus); each is extracted once", shared)
+    refuse_different_images(repeats)
+    for source, names in repeated.items():
+        warnings.warn(f"{source}: {len(names)} files repeat an earlier image's id and are skipped: "
+                      + "; ".join(names[:SHOWN]), stacklevel=2)
+    if repeats:
+        log.info("%d image files repeat an id met earlier (the same stimulus); each is extracted once", len(repeats))
     return ImageFiles(image_ids=tuple(kept), paths=tuple(kept.values()), sources=tuple(source for source, _ in groups))
 
 

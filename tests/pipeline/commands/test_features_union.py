@@ -117,3 +117,28 @@ def test_an_interrupted_extension_is_refused_then_finished_by_the_same_command(
     assert run_features(runs, "--images", str(one), str(two), "--name", "shared") == 0
     store = _store(runs)
     assert store.n_images == 7 and store.is_complete() and store.image_ids.tolist()[-1] == "nsd-00007"
+
+
+def _bitmaps(folder: Path, seeds: dict[str, int]) -> Path:
+    """Uncompressed BMPs (every file the same size, so only their content tells them apart): name -> pixel seed."""
+    folder.mkdir(parents=True)
+    for name, seed in seeds.items():
+        pixels = np.random.default_rng(seed).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / name)
+    return folder
+
+
+def test_one_id_for_two_different_images_is_refused_in_one_line(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    runs = tmp_path / "runs"
+    one = _bitmaps(tmp_path / "D1", {f"demo-{i:05d}.bmp": i for i in range(6)})
+    two = _bitmaps(tmp_path / "D2", {f"demo-{i:05d}.bmp": i for i in range(2, 6)} | {"demo-00001.bmp": 99})
+    assert run_features(runs, "--images", str(one), str(two), "--name", "shared") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "image id demo-00001 names two different images" in err
+    assert str(one / "demo-00001.bmp") in err and str(two / "demo-00001.bmp") in err and "rename one" in err
+    assert not runroot.feature_store_path(runs, "shared", FEATURES_MODEL).exists()
+
+    (two / "demo-00001.bmp").rename(two / "demo-00099.bmp")   # the fix the error names; copies stay one image
+    assert run_features(runs, "--images", str(one), str(two), "--name", "shared") == 0
+    assert _store(runs).image_ids.tolist() == [f"demo-{i:05d}" for i in range(6)] + ["demo-00099"]

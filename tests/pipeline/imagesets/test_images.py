@@ -93,6 +93,14 @@ def test_duplicate_ids_keep_the_first_and_warn(tmp_path: Path) -> None:
     assert source.names == ("a.png",)
 
 
+def test_one_id_for_two_different_images_in_a_folder_is_refused(tmp_path: Path) -> None:
+    _save(tmp_path / "train-0001_nsd-00013.png", Image.fromarray(_rgb(1)))
+    _save(tmp_path / "train-0002_nsd-00013.png", Image.fromarray(_rgb(2)))
+    with pytest.raises(InvalidInputError, match="image id nsd-00013 names two different images, .*train-0001_nsd-00013"
+                                                 r"\.png and .*train-0002_nsd-00013\.png; .*rename one"):
+        image_source_from_folder(tmp_path)
+
+
 # -------------------------------------------------------------------- decoding
 def test_rgb_is_kept_exactly(tmp_path: Path) -> None:
     array = _rgb()
