@@ -40,3 +40,7 @@ class WeightsUnavailableError(BddnError, RuntimeError):
 
 class ConfigError(BddnError, ValueError):
     """A configuration key is unknown or has the wrong type."""
+
+
+class LockedError(BddnError, RuntimeError):
+    """Another run holds the lock of the store or fit this run would write (``cache.lock``)."""

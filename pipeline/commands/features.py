@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from cache.errors import ConfigError
+from cache.lock import hold_lock
 from pipeline import runroot
 from pipeline.config import build_config, given_flags, load_toml, precision_flag
 from pipeline.imagesets.union import ImageFiles, gather_images
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     request = ModelRequest(name=args.model, pretrained=not args.random_init, checkpoint=args.checkpoint,
                            reference_preprocessing=args.reference_preprocessing, seed=args.seed)
     path = runroot.feature_store_path(run_root, imageset, args.model)
-    with _client(args) as client:
+    with hold_lock(path), _client(args) as client:   # one run per store: a second one refuses (cache.lock)
         update = update_feature_store(path, files, request, cfg, imageset=imageset, verify=args.verify,
                                       overwrite=args.overwrite, client=client, progress=not args.no_progress,
                                       run={"workers": args.workers, "scheduler": args.scheduler})

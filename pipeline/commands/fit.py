@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cache.errors import ConfigError, MissingInputError
+from cache.lock import hold_lock
 from cache.store import FeatureStore
 from pipeline import runroot
 from pipeline.config import build_config, given_flags, load_toml, precision_flag
@@ -126,14 +127,16 @@ def run(args: argparse.Namespace) -> int:
                              root=data_root)
         out = runroot.fit_dir(run_root, args.model, subject.name, args.method)
         started = time.perf_counter()
-        if isinstance(cfg, FitConfig):
-            checkpoint = _checkpoint_folder(out, restart=args.restart)
-            result = fit_factortopy(store, subject, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
-                                    neighbours=_neighbours(cfg, subject), monitor=monitor)
-        else:
-            result = fit_ridge(store, subject, cfg)
-        check_finite_scores(result.metrics, what=f"fit of {subject.name} on {args.model}")
-        publish(out, run_root, result.save)   # the previous fit (and the finished checkpoint) go only now
+        with hold_lock(out):   # one run per fit: a second one refuses (cache.lock)
+            if isinstance(cfg, FitConfig):
+                checkpoint = _checkpoint_folder(out, restart=args.restart)
+                result = fit_factortopy(store, subject, cfg, checkpoint_dir=checkpoint,
+                                        progress=not args.no_progress, neighbours=_neighbours(cfg, subject),
+                                        monitor=monitor)
+            else:
+                result = fit_ridge(store, subject, cfg)
+            check_finite_scores(result.metrics, what=f"fit of {subject.name} on {args.model}")
+            publish(out, run_root, result.save)   # the previous fit (and the finished checkpoint) go only now
     _print_done(result, args.model, out, time.perf_counter() - started)
     return 0
 
@@ -153,14 +156,15 @@ def run_joint(args: argparse.Namespace, cfg: FitConfig | RidgeConfig, run_root: 
     names = [subject.name for subject in subjects]
     group = runroot.joint_fit_dir(run_root, args.model, names)
     started = time.perf_counter()
-    checkpoint = _checkpoint_folder(group, restart=args.restart)
-    results = fit_factortopy_multi(store, subjects, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
-                                   neighbours=[_neighbours(cfg, subject) for subject in subjects])
-    for result in results:
-        check_finite_scores(result.metrics, what=f"joint fit of {result.subject} on {args.model}")
-    for result in results:
-        publish(runroot.joint_fit_dir(run_root, args.model, names, result.subject), run_root, result.save)
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    with hold_lock(group):   # one run per joint fit: a second one refuses (cache.lock)
+        checkpoint = _checkpoint_folder(group, restart=args.restart)
+        results = fit_factortopy_multi(store, subjects, cfg, checkpoint_dir=checkpoint, progress=not args.no_progress,
+                                       neighbours=[_neighbours(cfg, subject) for subject in subjects])
+        for result in results:
+            check_finite_scores(result.metrics, what=f"joint fit of {result.subject} on {args.model}")
+        for result in results:
+            publish(runroot.joint_fit_dir(run_root, args.model, names, result.subject), run_root, result.save)
+        shutil.rmtree(checkpoint, ignore_errors=True)
     seconds = time.perf_counter() - started
     for result in results:
         _print_done(result, args.model, runroot.joint_fit_dir(run_root, args.model, names, result.subject), seconds)
