@@ -25,7 +25,7 @@ import warnings
 from typing import Any, Callable, Iterator, Sequence
 
 from pipeline.sweep.plan import Task
-from pipeline.sweep.tasks import TaskContext, base_row, run_task
+from pipeline.sweep.tasks import TaskContext, base_row, count_attempts, run_task, task_log
 
 #: How many times dask runs a task again after an unexpected exception (killed workers are rescheduled apart).
 RETRIES = 1
@@ -88,13 +88,18 @@ def _local_gpu_cluster() -> Any:
 
 def submit_tasks(client: Any, tasks: Sequence[Task], context: TaskContext, *, gpu: bool,
                  report: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
-    """Submit ``tasks`` (a fit after its store when both run) and collect one row per task as each finishes."""
+    """Submit ``tasks`` (a fit after its store when both run) and collect one row per task as each finishes.
+
+    Each task's log from an earlier sweep run is removed first, so its attempts are counted from one
+    (``pipeline.sweep.tasks``); a task failing every attempt gets the count from its log.
+    """
     from distributed import as_completed
 
     token = uuid.uuid4().hex[:8]
     resources = {"GPU": 1} if gpu else None
     futures: dict[str, Any] = {}
     for task in tasks:
+        task_log(context, task).unlink(missing_ok=True)
         upstream = futures.get(task.depends) if task.depends else None
         futures[task.key] = client.submit(run_task, task, context, upstream, key=f"{task.key}-{token}",
                                           resources=resources, retries=RETRIES, pure=False)
@@ -105,7 +110,9 @@ def submit_tasks(client: Any, tasks: Sequence[Task], context: TaskContext, *, gp
         try:
             row = future.result()
         except Exception as error:  # a bug or a worker lost too often: the task fails, the others go on
-            row = base_row(task, "failed", error=_one_line(error))
+            log = task_log(context, task)
+            row = base_row(task, "failed", error=_one_line(error), attempts=count_attempts(log),
+                           log=str(log) if log.is_file() else "")
         rows.append(row)
         report(row)
     return rows
@@ -117,7 +124,8 @@ def progress_line(done: int, total: int, row: dict[str, Any]) -> str:
     memory = f"{row['peak_memory_gb']:.2f} GB" if row["peak_memory_gb"] == row["peak_memory_gb"] else "-"
     line = (f"[{done:>{width}}/{total}] {row['status']:<8} {row['task']:<40} {row['seconds']:7.1f} s  "
             f"{memory:>8}  {row['device']}")
-    return line + (f"  ({row['error']})" if row["error"] else "")
+    retried = f"  after {row['attempts']} attempts" if row["attempts"] > 1 else ""
+    return line + retried + (f"  ({row['error']})" if row["error"] else "")
 
 
 def printer(total: int, *, already: int = 0) -> Callable[[dict[str, Any]], None]:

@@ -2,12 +2,14 @@
 
 Columns: ``task``, ``kind`` (store/fit), ``model``, ``subject`` (``+``-joined for a joint
 fit), ``method``, ``status`` (done, skipped = up to date, failed, blocked = its store
-failed), ``seconds``, ``peak_memory_gb`` (peak resident memory of the worker process
-during the task), ``device``, ``worker`` (host:pid), ``test_r2`` (mean test R^2),
-``r2_nc`` (median test R^2 / noise ceiling), ``hierarchy_score`` (Spearman of ROI
-hierarchy rank vs mean selected layer; ``stages.report.summaries``), ``error``,
-``command`` (the ``bddn`` command of the task, which reruns it alone) and ``log``. For a
-joint fit the metrics are means over its subjects. Also written as ``sweep.md``.
+failed), ``attempts`` (times the task ran in this sweep: 2 after a retry, 0 when it did not
+run; each attempt's output is in its log), ``seconds``, ``peak_memory_gb`` (peak resident
+memory of the worker process during the task), ``device``, ``worker`` (host:pid),
+``test_r2`` (mean test R^2), ``r2_nc`` (median test R^2 / noise ceiling),
+``hierarchy_score`` (Spearman of ROI hierarchy rank vs mean selected layer;
+``stages.report.summaries``), ``error``, ``command`` (the ``bddn`` command of the task,
+which reruns it alone) and ``log``. For a joint fit the metrics are means over its
+subjects. Also written as ``sweep.md``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from pipeline.sweep.plan import Task
 from stages.fit.result import FIT_JSON, FitResult
 from stages.report.summaries import score_hierarchy
 
-COLUMNS = ("task", "kind", "model", "subject", "method", "status", "seconds", "peak_memory_gb", "device", "worker",
-           "test_r2", "r2_nc", "hierarchy_score", "error", "command", "log")
+COLUMNS = ("task", "kind", "model", "subject", "method", "status", "attempts", "seconds", "peak_memory_gb", "device",
+           "worker", "test_r2", "r2_nc", "hierarchy_score", "error", "command", "log")
 #: Statuses whose fit folders hold a finished fit.
 FINISHED = ("done", "skipped")
 
@@ -54,6 +56,7 @@ def build_table(tasks: Sequence[Task], rows: Sequence[dict[str, Any]]) -> pd.Dat
     table = pd.DataFrame(records, columns=list(COLUMNS))
     for column in ("seconds", "peak_memory_gb", "test_r2", "r2_nc", "hierarchy_score"):
         table[column] = table[column].astype(np.float64)
+    table["attempts"] = table["attempts"].astype(np.int64)
     return table
 
 

@@ -6,7 +6,13 @@ handler runs here, with stdout and stderr going to ``<sweep>/logs/<task>.log``; 
 :class:`~cache.errors.BddnError` (bad input, missing data) makes the task ``failed`` with
 that one line, and is not retried. Any other exception is left to dask, which retries the
 task once; a worker killed under a task makes the scheduler run it again elsewhere (its
-store chunks and fit checkpoint resume).
+store chunks and fit checkpoint resume, and the lock the killed run left is taken over:
+``cache.lock``).
+
+Every attempt appends to the task's log under a header line (``### attempt N ...``), so a
+retry keeps what the failed attempt printed and the log ends with the last attempt; the
+number of headers is the task's ``attempts`` in the sweep table. The sweep removes the log
+of each task it submits, so the count starts at one per sweep run.
 
 Each task reports a row of the sweep table: status, seconds, peak resident memory of the
 worker process during the task (``stages.resources.PhaseMonitor``), device and worker.
@@ -19,6 +25,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,10 @@ from pipeline.sweep.identity import fit_task_identity, is_up_to_date, store_task
 from pipeline.sweep.plan import Task
 from stages.device import resolve_device
 from stages.resources import PhaseMonitor
+
+
+#: Start of the line that opens each attempt's part of a task log.
+ATTEMPT_HEADER = "### attempt "
 
 
 @dataclass(frozen=True)
@@ -61,11 +72,24 @@ def task_identity(task: Task, context: TaskContext) -> str | None:
     return fit_task_identity(task, context.store_paths[task.model], data=context.data, root=context.data_root)
 
 
+def task_log(context: TaskContext, task: Task) -> Path:
+    """The log of ``task``: ``<sweep>/logs/<task key with / as __>.log``."""
+    return context.logs / (task.key.replace("/", "__") + ".log")
+
+
+def count_attempts(log: Path) -> int:
+    """How many attempts wrote to ``log`` (its attempt headers; 0 when it does not exist)."""
+    if not log.is_file():
+        return 0
+    with open(log, errors="replace") as stream:
+        return sum(line.startswith(ATTEMPT_HEADER) for line in stream)
+
+
 def base_row(task: Task, status: str, **values: Any) -> dict[str, Any]:
     """A sweep-table row for ``task`` (see ``pipeline.sweep.table``)."""
     return {"task": task.key, "kind": task.kind, "model": task.model, "subject": "+".join(task.subjects),
-            "method": task.method, "status": status, "seconds": 0.0, "peak_memory_gb": float("nan"), "device": "",
-            "worker": "", "error": "", "command": task.command, **values}
+            "method": task.method, "status": status, "attempts": 0, "seconds": 0.0, "peak_memory_gb": float("nan"),
+            "device": "", "worker": "", "error": "", "command": task.command, **values}
 
 
 def run_task(task: Task, context: TaskContext, upstream: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -82,19 +106,22 @@ def run_task(task: Task, context: TaskContext, upstream: dict[str, Any] | None =
     if is_up_to_date(context.records, task, identity):
         return base_row(task, "skipped", device=device, worker=worker)
     started = time.perf_counter()
-    log = context.logs / (task.key.replace("/", "__") + ".log")
+    log = task_log(context, task)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with PhaseMonitor() as monitor, monitor.phase("task"), open(log, "w") as stream, \
+    attempt = count_attempts(log) + 1
+    with PhaseMonitor() as monitor, monitor.phase("task"), open(log, "a") as stream, \
             contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+        print(f"{ATTEMPT_HEADER}{attempt} on {worker} at {datetime.now().isoformat(timespec='seconds')}", flush=True)
         print(f"$ {task.command}", flush=True)
         error = _run_command(task)
     peak = monitor.record()["task"]["peak_rss_gb"]
     seconds = time.perf_counter() - started
+    ran = {"attempts": attempt, "seconds": seconds, "peak_memory_gb": peak, "device": device, "worker": worker,
+           "log": str(log)}
     if error:
-        return base_row(task, "failed", seconds=seconds, peak_memory_gb=peak, device=device, worker=worker,
-                        error=error, log=str(log))
+        return base_row(task, "failed", error=error, **ran)
     write_record(context.records, task, task_identity(task, context))
-    return base_row(task, "done", seconds=seconds, peak_memory_gb=peak, device=device, worker=worker, log=str(log))
+    return base_row(task, "done", **ran)
 
 
 def _run_command(task: Task) -> str:

@@ -16,6 +16,7 @@ import psutil
 import pytest
 import torch
 
+from cache.lock import lock_path
 from cache.store import FeatureStore
 from pipeline import cli, runroot
 from pipeline.weights import install_all_weights
@@ -136,11 +137,12 @@ def test_sweep_matches_the_sequential_commands_and_a_rerun_runs_nothing(
                         "fit/mobilenet_v2/subj02/ridge": "skipped"}
 
 
-def _kill_worker_running(log: Path, killed: list[int]) -> None:
-    """SIGKILL the process that has ``log`` open (a dask worker running that task), once it appears."""
+def _kill_worker_running(log: Path, lock: Path, killed: list[int]) -> None:
+    """SIGKILL the process that has ``log`` open (a dask worker running that task), once ``lock`` (its output's
+    lock, cache.lock) appears."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not killed:
-        for process in psutil.Process().children(recursive=True):
+        for process in psutil.Process().children(recursive=True) if lock.is_file() else ():
             try:
                 if any(Path(item.path) == log for item in process.open_files()):
                     os.kill(process.pid, signal.SIGKILL)
@@ -156,7 +158,8 @@ def test_a_worker_killed_mid_sweep_leaves_identical_outputs(base: Path, sequenti
     runs = _copy(base, tmp_path, monkeypatch)
     killed: list[int] = []
     log = runs / "sweeps" / "t" / "logs" / "store__mobilenet_v2.log"
-    killer = threading.Thread(target=_kill_worker_running, args=(log, killed), daemon=True)
+    lock = lock_path(runroot.feature_store_path(runs, "synthetic", "mobilenet_v2"))
+    killer = threading.Thread(target=_kill_worker_running, args=(log, lock, killed), daemon=True)
     killer.start()
     assert _sweep(runs, models=("mobilenet_v2",)) == 0
     killer.join()
@@ -165,6 +168,10 @@ def test_a_worker_killed_mid_sweep_leaves_identical_outputs(base: Path, sequenti
     assert set(table["status"]) == {"done"}
     store_worker = table.set_index("task").loc["store/mobilenet_v2", "worker"]
     assert not store_worker.endswith(f":{killed[0]}")   # it ran again on another (or a restarted) worker
+    assert table.set_index("task").loc["store/mobilenet_v2", "attempts"] == 2
+    text = log.read_text()   # both attempts' output; the second took over the store lock the killed worker held
+    assert "### attempt 1 " in text and f"from pid {killed[0]} " in text.split("### attempt 2 ")[1]
+    assert not lock.exists()
     _assert_same_outputs(runs, sequential, models=("mobilenet_v2",))
 
 
