@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import tomllib
 import types
 import typing
@@ -23,6 +24,10 @@ from cache.errors import ConfigError, MissingInputError
 from stages.device import parse_precision
 
 T = TypeVar("T")
+
+#: The tables a ``--config`` preset may hold, each read by its command (``[fit]`` and ``[ridge]`` by ``bddn fit``,
+#: ``[figures]`` by ``bddn figures`` and ``bddn compare``), so one file can serve several commands.
+PRESET_TABLES = ("features", "synth", "fit", "ridge", "figures")
 
 
 def build_config(cls: type[T], *tables: Mapping[str, Any] | None, where: str = "config") -> T:
@@ -38,7 +43,8 @@ def build_config(cls: type[T], *tables: Mapping[str, Any] | None, where: str = "
     values: dict[str, Any] = {}
     for key, value in merge_tables(*tables).items():
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r}; allowed keys: {', '.join(sorted(fields))}")
+            raise ConfigError(f"{where}: unknown key {key!r}{_did_you_mean(key, fields)}; allowed keys: "
+                              f"{', '.join(sorted(fields))}")
         values[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:
         return cls(**values)
@@ -78,14 +84,36 @@ def given_flags(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML preset file into a mapping (sections become nested mappings)."""
+    """Read a TOML preset file into a mapping of its tables (sub-tables become nested mappings).
+
+    Every top-level entry must be one of :data:`PRESET_TABLES`: a misspelt table (``[fitt]``) or a setting outside
+    any table would otherwise be ignored without a word; the error names the closest known table.
+    """
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"config preset {path} does not exist")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        preset = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config preset {path} is not valid TOML: {error}") from error
+    known = ", ".join(f"[{name}]" for name in PRESET_TABLES)
+    for key, value in preset.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"config preset {path}: {key!r} = {value!r} sits outside a table; settings go under "
+                              f"one of {known}")
+        if key not in PRESET_TABLES:
+            raise ConfigError(f"config preset {path}: unknown table [{key}]"
+                              f"{_did_you_mean(key, PRESET_TABLES, brackets=True)}; known tables: {known}")
+    return preset
+
+
+def _did_you_mean(name: str, known: Iterable[str], *, brackets: bool = False) -> str:
+    """`` (did you mean 'x'?)`` naming the known name closest to a misspelt ``name`` (``[x]`` for a table), or
+    ``""`` when none is close."""
+    match = difflib.get_close_matches(name, list(known), n=1)
+    if not match:
+        return ""
+    return f" (did you mean [{match[0]}]?)" if brackets else f" (did you mean {match[0]!r}?)"
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -16,6 +16,7 @@ from pipeline.imagesets.union import ImageFiles, gather_images
 from pipeline.stores import update_feature_store
 from stages.device import PRECISIONS
 from stages.features.extract import ExtractConfig, tune_allocator
+from stages.features.token_grids import MAX_GRID
 from stages.models.registry import ModelRequest
 
 NAME = "features"
@@ -56,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "store with only the new ones")
     store = parser.add_argument_group("store")
     store.add_argument("--grid", metavar="SIZES", type=_grids, default=None, dest="grids",
-                       help=f"comma-separated local-token grid sizes to store, e.g. 16,8 "
-                            f"(default {','.join(map(str, defaults.grids))})")
+                       help=f"comma-separated local-token grid sizes to store, e.g. 16,8, each at most {MAX_GRID} "
+                            f"(the finest token grid of any registered model: a finer one only interpolates, "
+                            f"while the store grows with its square) (default {','.join(map(str, defaults.grids))})")
     store.add_argument("--dtype", choices=("float16", "float32"), default=None,
                        help=f"element type on disk (default {defaults.dtype})")
     store.add_argument("--chunk-images", metavar="N", type=int, default=None,

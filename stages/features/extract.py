@@ -39,7 +39,7 @@ from cache.provenance import environment_record, hash_strings
 from cache.store import FeatureStore, StoreLayout
 from stages.device import Precision, autocast_context, parse_precision, resolve_device, resolve_precision
 from stages.features.image_source import ImageSource
-from stages.features.token_grids import tokens_to_numpy
+from stages.features.token_grids import MAX_GRID, tokens_to_numpy
 from stages.models.base import FeatureModel
 from stages.models.preprocess import image_to_tensor
 
@@ -82,8 +82,10 @@ class ExtractConfig:
         if self.batch_size < 1 or self.decode_workers < 0:
             raise ConfigError(f"batch_size must be >= 1 and decode_workers >= 0, got {self.batch_size}, "
                               f"{self.decode_workers}")
-        if not self.grids or min(self.grids) < 1:
-            raise ConfigError(f"grids must be positive sizes, got {list(self.grids)}")
+        if not self.grids or not all(1 <= grid <= MAX_GRID for grid in self.grids):
+            raise ConfigError(f"grids {list(self.grids)}: each must be 1..{MAX_GRID} cells a side; {MAX_GRID} is the "
+                              "finest token grid of any registered model, and a finer store grid only interpolates "
+                              "between tokens while the store grows with its square (the method reads 8)")
 
 
 @dataclass

@@ -18,6 +18,11 @@ import torch.nn.functional as F
 
 from stages.models.base import LayerTokens
 
+#: The largest store grid side: the finest token grid of any registered model (the first blocks of mobilenet_v2
+#: and efficientnet_lite0, 112x112 at 224 px). A finer store grid would only interpolate between tokens, while the
+#: store grows with the square of its grid.
+MAX_GRID = 112
+
 
 def resize_tokens(local: torch.Tensor, grid: int, *, antialias: bool) -> torch.Tensor:
     """Local tokens of shape (n_images, n_channels, h, w) -> (n_images, n_channels, grid, grid), float32.

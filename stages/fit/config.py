@@ -21,12 +21,29 @@ held-out R^2 showed a gain.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cache.errors import ConfigError
 from stages.device import Precision
 from stages.fit.factortopy import FactorTopyConfig
+
+
+#: Every float setting of :class:`FitConfig`: (lowest value, whether the lowest itself is allowed).
+FLOAT_RANGES: dict[str, tuple[float, bool]] = {
+    "lr": (0.0, False), "selector_lr": (0.0, False), "layer_lr": (0.0, True), "weight_decay": (0.0, True),
+    "loss_beta": (0.0, False), "prior_weight": (0.0, True), "prior_fade_epochs": (0.0, True),
+    "clip_grad_norm": (0.0, False), "warm_start_temperature": (0.0, False), "smoothness_weight": (0.0, True),
+}
+
+
+def check_float(name: str, value: float | None, low: float, *, closed: bool) -> None:
+    """Refuse a float setting that is not a finite number above ``low`` (or equal to it when ``closed``); ``None``
+    (an unset optional setting) passes. Written so that NaN fails: every comparison with NaN is false."""
+    if value is None or (math.isfinite(value) and (value > low or (closed and value == low))):
+        return
+    raise ConfigError(f"{name} = {value!r}: must be a finite number {'>=' if closed else '>'} {low:g}")
 
 
 @dataclass(frozen=True)
@@ -117,27 +134,17 @@ class FitConfig:
                     "eval_batch_size": self.eval_batch_size, "shuffle_buffer": self.shuffle_buffer,
                     "prefetch": self.prefetch, "patience": self.patience}
         if not isinstance(self.layer_release_epochs, int) or self.layer_release_epochs < 0:
-            raise ConfigError(f"fit config: layer_release_epochs must be an integer >= 0, got "
-                              f"{self.layer_release_epochs!r}")
+            raise ConfigError(f"layer_release_epochs must be an integer >= 0, got {self.layer_release_epochs!r}")
         for name, value in positive.items():
             if value < 1:
-                raise ConfigError(f"fit config: {name} must be a positive integer, got {value}")
-        for name in ("lr", "loss_beta", "warm_start_temperature"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"fit config: {name} must be > 0, got {getattr(self, name)}")
-        if self.selector_lr is not None and self.selector_lr <= 0:
-            raise ConfigError(f"fit config: selector_lr must be > 0 or unset, got {self.selector_lr}")
-        if self.layer_lr is not None and self.layer_lr < 0:
-            raise ConfigError(f"fit config: layer_lr must be >= 0 or unset, got {self.layer_lr}")
-        for name in ("weight_decay", "prior_weight", "smoothness_weight", "prior_fade_steps", "layer_resamples"):
+                raise ConfigError(f"{name} must be a positive integer, got {value}")
+        for name in ("prior_fade_steps", "layer_resamples"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"fit config: {name} must be >= 0, got {getattr(self, name)}")
-        if self.prior_fade_epochs is not None and self.prior_fade_epochs < 0:
-            raise ConfigError(f"fit config: prior_fade_epochs must be >= 0 or unset, got {self.prior_fade_epochs}")
-        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
-            raise ConfigError(f"fit config: clip_grad_norm must be > 0 or unset, got {self.clip_grad_norm}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name, (low, closed) in FLOAT_RANGES.items():
+            check_float(name, getattr(self, name), low, closed=closed)
         if self.layers is not None and len(self.layers) == 0:
-            raise ConfigError("fit config: layers is empty; leave it unset to use every layer of the store")
+            raise ConfigError("layers is empty; leave it unset to use every layer of the store")
 
     def fade_steps(self, steps_per_epoch: int) -> int:
         """Steps over which the prior fades: ``prior_fade_epochs`` converted, else ``prior_fade_steps``."""

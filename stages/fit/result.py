@@ -130,6 +130,7 @@ class FitResult:
     def load(cls, directory: str | Path) -> "FitResult":
         """Read a fit folder written by :meth:`save`."""
         header, vertices = read_vertex_folder(Path(directory), FIT_JSON, VERTEX_TABLE, "is not a finished fit")
+        _check_header(header, Path(directory) / FIT_JSON)
         replicates = {}
         path = Path(directory) / REPLICATES_FILE
         if path.is_file():
@@ -142,6 +143,31 @@ class FitResult:
                    layer_names=tuple(header["layer_names"]), vertices=vertices,
                    metrics=header.get("metrics", {}), config=header.get("config", {}),
                    provenance=header.get("provenance", {}), replicates=replicates)
+
+
+#: The fields of ``fit.json`` that readers use, each with its JSON type and whether it may be absent.
+_HEADER_FIELDS: dict[str, tuple[type, bool]] = {
+    "method": (str, False), "subject": (str, False), "model": (str, False), "layer_names": (list, False),
+    "metrics": (dict, True), "config": (dict, True), "provenance": (dict, True),
+}
+_JSON_TYPES = {str: "a string", list: "a list of strings", dict: "an object"}
+
+
+def _check_header(header: Any, path: Path) -> None:
+    """Refuse a ``fit.json`` that is valid JSON but not a fit's header (a field missing or of the wrong type), naming
+    the file and the field, so readers never fail on it with a ``TypeError`` far from the cause."""
+    if not isinstance(header, dict):
+        raise InvalidInputError(f"{path} holds {type(header).__name__}, not a fit's JSON object; re-run `bddn fit` "
+                                "to write it again")
+    for name, (kind, optional) in _HEADER_FIELDS.items():
+        if name not in header and optional:
+            continue
+        value = header.get(name)
+        wrong = not isinstance(value, kind) or (kind is list and not all(isinstance(item, str) for item in value))
+        if wrong:
+            found = "absent" if name not in header else f"{type(value).__name__} {json.dumps(value)[:60]}"
+            raise InvalidInputError(f"{path}: field {name!r} is {found}; expected {_JSON_TYPES[kind]} (the file was "
+                                    "edited or damaged: restore it, or re-run `bddn fit` to write it again)")
 
 
 def read_vertex_folder(folder: Path, header_name: str, table_name: str,

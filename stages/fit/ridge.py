@@ -45,6 +45,7 @@ from cache.jsondata import to_json_data
 from cache.provenance import environment_record
 from cache.store import FeatureStore
 from stages.device import resolve_device
+from stages.fit.config import check_float
 from stages.fit.inputs import check_inputs, store_model_id
 from stages.fit.outputs import score_columns, score_replicates, score_summary, vertex_columns
 from stages.fit.result import FitResult
@@ -97,23 +98,23 @@ class RidgeConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ConfigError(f"ridge config: method {self.method!r} is not one of {', '.join(METHODS)}")
+            raise ConfigError(f"method {self.method!r} is not one of {', '.join(METHODS)}")
         if not self.feature_sets or any(name not in FEATURE_SETS for name in self.feature_sets):
-            raise ConfigError(f"ridge config: feature_sets {self.feature_sets!r} must be a non-empty subset of "
-                              f"{FEATURE_SETS}")
+            raise ConfigError(f"feature_sets {self.feature_sets!r} must be a non-empty subset of {FEATURE_SETS}")
         if self.banded_features not in FEATURE_SETS + ("both",):
-            raise ConfigError(f"ridge config: banded_features {self.banded_features!r} must be global, local or both")
-        if not self.alphas or min(self.alphas) <= 0:
-            raise ConfigError(f"ridge config: alphas {self.alphas!r} must be a non-empty list of positive numbers")
+            raise ConfigError(f"banded_features {self.banded_features!r} must be global, local or both")
+        if not self.alphas:
+            raise ConfigError("alphas is empty: give a non-empty list of positive numbers")
+        for alpha in self.alphas:
+            check_float("alphas", alpha, 0.0, closed=False)
+        check_float("layer_temperature", self.layer_temperature, 0.0, closed=False)
         for name in ("local_pool", "batch_size"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"ridge config: {name} must be a positive integer, got {getattr(self, name)}")
-        if not self.layer_temperature > 0:
-            raise ConfigError(f"ridge config: layer_temperature must be > 0, got {self.layer_temperature}")
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.layer_resamples < 0:
-            raise ConfigError(f"ridge config: layer_resamples must be >= 0, got {self.layer_resamples}")
+            raise ConfigError(f"layer_resamples must be >= 0, got {self.layer_resamples}")
         if self.banded_samples < 0:
-            raise ConfigError(f"ridge config: banded_samples must be >= 0, got {self.banded_samples}")
+            raise ConfigError(f"banded_samples must be >= 0, got {self.banded_samples}")
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 
 from cache.errors import ConfigError, MissingInputError
 from cache.jsondata import to_json_data
-from pipeline.config import build_config, given_flags, load_toml, precision_flag
+from pipeline.config import PRESET_TABLES, build_config, given_flags, load_toml, precision_flag
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,17 @@ def test_bad_keys_and_types_fail_at_construction(layer: dict, message: str) -> N
 
 def test_toml_preset_is_read_and_errors_name_the_file(tmp_path: Path) -> None:
     preset = tmp_path / "preset.toml"
-    preset.write_text('epochs = 2\n[inner]\nmode = "pyramid"\n')
-    assert build_config(_Outer, load_toml(preset)).inner.mode == "pyramid"
+    preset.write_text('[fit]\nepochs = 2\n[fit.inner]\nmode = "pyramid"\n')
+    assert build_config(_Outer, load_toml(preset)["fit"]).inner.mode == "pyramid"
     broken = tmp_path / "broken.toml"
     broken.write_text("epochs = = 2\n")
     with pytest.raises(ConfigError, match="broken.toml"):
         load_toml(broken)
     with pytest.raises(MissingInputError, match="absent.toml"):
         load_toml(tmp_path / "absent.toml")
+
+
+def test_each_command_reads_a_known_preset_table() -> None:
+    from pipeline.commands import features, figures, synth
+
+    assert {features._PRESET_TABLE, figures._PRESET_TABLE, synth._PRESET_TABLE, "fit", "ridge"} == set(PRESET_TABLES)
