@@ -31,15 +31,38 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every available sub-command."""
+def command_name(module_name: str) -> str:
+    """The ``bddn`` word of a command module (``pipeline.commands.demo_images`` -> ``demo-images``)."""
+    return module_name.rsplit(".", 1)[-1].replace("_", "-")
+
+
+def chosen_command(argv: Sequence[str]) -> str | None:
+    """The sub-command word of ``argv`` (the first argument that is not an option or ``--run-root``'s
+    value), or None when there is none."""
+    words = iter(argv)
+    for word in words:
+        if word == "--run-root":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The top-level parser with every available sub-command, or with ``only`` that one when it names one.
+
+    Each command module imports what its stage needs (torch, matplotlib, scikit-learn...), a few
+    seconds on a small machine, so a command run imports its own module alone; ``--help`` and a
+    misspelt command get every command.
+    """
     parser = argparse.ArgumentParser(
         prog="bddn",
         description="Map vision networks onto the cortex: features (stage one), fit (stage two), figures (stage three).",
     )
     parser.add_argument("--run-root", default=None, help="root folder of all generated data (default: $BDDN_RUN_ROOT, else ./runs)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in COMMAND_MODULES:
+    wanted = [name for name in COMMAND_MODULES if command_name(name) == only] or COMMAND_MODULES
+    for module_name in wanted:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
@@ -55,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; returns the process exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(only=chosen_command(argv)).parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except BddnError as error:

@@ -128,7 +128,7 @@ def _run_command(task: Task) -> str:
     """Run the task's ``bddn`` command in this process; its one-line error, or "" on success."""
     from pipeline import cli
 
-    args = cli.build_parser().parse_args([*task.argv, "--no-progress"])
+    args = cli.build_parser(only=cli.chosen_command(task.argv)).parse_args([*task.argv, "--no-progress"])
     try:
         status = int(args.handler(args) or 0)
     except BddnError as error:

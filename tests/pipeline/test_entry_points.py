@@ -35,9 +35,34 @@ def _walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[t
 COMMAND_PATHS = _walk(cli.build_parser())
 
 
-def test_every_command_module_is_registered() -> None:
+def test_every_command_module_is_registered_under_its_module_name() -> None:
     registered = {path[0] for path in COMMAND_PATHS if path}
-    assert len(registered) == len(cli.COMMAND_MODULES)
+    assert registered == {cli.command_name(name) for name in cli.COMMAND_MODULES}
+
+
+@pytest.mark.parametrize(("argv", "word"), [
+    (["fit", "--subject", "1"], "fit"), (["--run-root", "fit", "synth"], "synth"), (["--run-root=r", "figures"], "figures"),
+    (["--help"], None), ([], None), (["fitt"], "fitt"),
+])
+def test_chosen_command_is_the_first_word_that_is_no_option(argv: list[str], word: str | None) -> None:
+    assert cli.chosen_command(argv) == word
+
+
+def test_a_command_run_imports_its_own_module_alone() -> None:
+    code = ("import sys; from pipeline import cli; parser = cli.build_parser(only='demo-images'); "
+            "print(sorted(name for name in sys.modules if name.startswith('pipeline.commands.')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['pipeline.commands.demo_images']"
+
+
+def test_a_misspelt_command_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["fitt"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    for name in cli.COMMAND_MODULES:
+        assert cli.command_name(name) in err
 
 
 @pytest.mark.parametrize("path", COMMAND_PATHS, ids=lambda path: " ".join(("bddn",) + path))
