@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from pipeline import runroot
 from pipeline.config import build_config, given_flags, load_toml
 from pipeline.imagesets.folder import list_image_files, stable_image_id
 from pipeline.synthetic.config import SyntheticConfig
-from pipeline.synthetic.generate import synthesize_subject
+from pipeline.synthetic.generate import store_statistics, synthesize_subject
 
 NAME = "synth"
 HELP = ("synthetic subjects on fsaverage5 with a planted answer (layer hierarchy, retinotopy, receptive-field "
@@ -64,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
         files.setdefault(stable_image_id(path), path)
     root = runroot.synthetic_root(run_root)
     root.mkdir(parents=True, exist_ok=True)
+    statistics = functools.cache(lambda: store_statistics(store, cfg, progress=not args.no_progress))
     for subject in args.subjects:
         summary = synthesize_subject(store, files, root, subject, cfg=cfg, seed=args.seed, model=args.model,
-                                     overwrite=args.overwrite, progress=not args.no_progress)
+                                     overwrite=args.overwrite, statistics=statistics, progress=not args.no_progress)
         rois = ", ".join(f"{name} {count}" for name, count in summary.roi_counts.items())
         state = "up to date" if summary.reused else f"made in {summary.seconds:.1f} s"
         print(f"synth {summary.name}: {state} -> {summary.folder}; {summary.n_vertices} vertices ({rois}); "

@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from pipeline.synthetic.layout import (
     write_planted_truth,
 )
 from pipeline.synthetic.planting import PlantedMaps, plant_maps
-from pipeline.synthetic.responses import draw_repeats, generate_signal
+from pipeline.synthetic.responses import ChannelStatistics, channel_statistics, draw_repeats, generate_signal
 from stages.fit.result import FitResult, layer_summary, layer_weight_column
 
 MECHANISM = ("per-channel z-scored features; per layer, random read-out directions mixed by smooth fields; "
@@ -70,8 +70,15 @@ def split_images(image_ids: Sequence[str], *, test_fraction: float, seed: int) -
     return ids[~test], ids[test]
 
 
+def store_statistics(store: FeatureStore, cfg: SyntheticConfig, *, progress: bool = False) -> ChannelStatistics:
+    """The channel statistics every subject made from ``store`` standardises with (all its images, finest grid)."""
+    return channel_statistics(store, store.image_ids, grid=max(store.grids), batch_size=cfg.batch_size,
+                              progress=progress)
+
+
 def synthesize_subject(store: FeatureStore, image_files: Mapping[str, Path], root: Path, subject: int, *,
                        cfg: SyntheticConfig, seed: int, model: str, overwrite: bool = False,
+                       statistics: Callable[[], ChannelStatistics] | None = None,
                        progress: bool = False) -> SynthSummary:
     """Generate ``<root>/subjNN`` from the features in ``store`` and write it atomically.
 
@@ -84,6 +91,9 @@ def synthesize_subject(store: FeatureStore, image_files: Mapping[str, Path], roo
         seed: base seed (see the module docstring).
         model: the store's model name, recorded in the truth.
         overwrite: replace an existing subject made differently.
+        statistics: gives the store's channel statistics over all its images at its finest grid
+            (:func:`store_statistics`), for callers making several subjects from one store; called
+            only when a subject is made.
 
     An existing subject made from the same request (subject, seed, config, model, store
     identity) is kept and reported as reused; a different one needs ``overwrite``.
@@ -113,7 +123,8 @@ def synthesize_subject(store: FeatureStore, image_files: Mapping[str, Path], roo
     maps = plant_maps(geometry, n_layers=store.n_layers, cfg=cfg, rng=maps_rng)
     image_ids = store.image_ids
     signal = generate_signal(store, image_ids, maps, n_readouts=cfg.n_readouts, nonlinearity=cfg.nonlinearity,
-                             batch_size=cfg.batch_size, rng=readout_rng, progress=progress)
+                             batch_size=cfg.batch_size, rng=readout_rng, progress=progress,
+                             stats=None if statistics is None else statistics())
     responses = draw_repeats(signal, maps.noise_ceiling, n_repeats=cfg.n_repeats, rng=noise_rng).mean(axis=0)
     achieved = signal.var(axis=0) / responses.var(axis=0)
 

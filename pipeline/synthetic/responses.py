@@ -21,7 +21,10 @@ is a test, not a tautology:
    noise ceiling ``NC = var(signal) / (var(signal) + var(noise of the mean))``, i.e. per
    trial noise variance ``n_repeats * (1 - NC) / NC``.
 
-The store is streamed batch by batch (three passes), never loaded whole.
+The store is streamed batch by batch, never loaded whole: three passes, or two when every layer's
+signals fit in :data:`SIGNAL_MEMORY_BYTES` and the third pass reads them from memory. The channel
+statistics of step 1 are the same for every subject made from one store, so
+:func:`generate_signal` takes them from its caller when it has them.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ from tqdm import tqdm
 
 from cache.store import FeatureBatch, FeatureStore
 from pipeline.synthetic.planting import PlantedMaps
+
+#: Largest (layers x images x vertices) float32 block of per-layer signals kept between two passes.
+SIGNAL_MEMORY_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -48,7 +54,7 @@ class ChannelStatistics:
 
 def generate_signal(store: FeatureStore, image_ids: Sequence[str], maps: PlantedMaps, *, n_readouts: int,
                     nonlinearity: float, batch_size: int, rng: np.random.Generator,
-                    progress: bool = False) -> np.ndarray:
+                    stats: ChannelStatistics | None = None, progress: bool = False) -> np.ndarray:
     """The noise-free responses of the planted subject to ``image_ids``.
 
     Args:
@@ -58,32 +64,46 @@ def generate_signal(store: FeatureStore, image_ids: Sequence[str], maps: Planted
         n_readouts: random read-out directions per layer (must match ``maps.readout_fields``).
         nonlinearity: softplus sharpness k (0 = linear).
         rng: draws the read-out directions.
+        stats: :func:`channel_statistics` of these images at the store's finest grid, when the caller
+            already has them (subjects made from one store share them); computed here otherwise.
 
     Returns:
         float32 array of shape (n_images, n_vertices), zero mean and unit sd per vertex.
     """
     grid = max(store.grids)
-    stats = channel_statistics(store, image_ids, grid=grid, batch_size=batch_size, progress=progress)
+    if stats is None:
+        stats = channel_statistics(store, image_ids, grid=grid, batch_size=batch_size, progress=progress)
     directions = [rng.normal(0.0, 1.0, (n_readouts, c)) / np.sqrt(c) for c in store.n_channels]
     readout = _Readout.of(maps, pooling_weights(maps.space, maps.rf_size, grid=grid))
     folded = _fold_statistics(directions, stats)
 
-    n_layers, n_vertices = store.n_layers, maps.space.shape[0]
+    n_layers, n_vertices, n_images = store.n_layers, maps.space.shape[0], len(image_ids)
+    # Each layer's signals are needed twice: for their moments, then weighted by them. Kept in memory when
+    # small enough (the demo subject: 0.2 GB), they are computed once instead of twice.
+    kept = (np.empty((n_layers, n_images, n_vertices), dtype=np.float32)
+            if n_layers * n_images * n_vertices * 4 <= SIGNAL_MEMORY_BYTES else None)
     total = np.zeros((n_layers, n_vertices))
     total_sq = np.zeros((n_layers, n_vertices))
     for batch in _batches(store, image_ids, grid, batch_size, progress, "layer moments"):
-        signals = _layer_signals(batch, folded, readout).astype(np.float64)
+        signals = _layer_signals(batch, folded, readout)
+        if kept is not None:
+            kept[:, batch.positions] = signals
+        signals = signals.astype(np.float64)
         total += signals.sum(axis=1)
         total_sq += (signals ** 2).sum(axis=1)
-    n_images = len(image_ids)
     mean = total / n_images
     std = np.sqrt(np.maximum(total_sq / n_images - mean ** 2, 0.0))
     weight = maps.layer_weights.T / np.maximum(std, 1e-12)  # (n_layers, n_vertices)
 
+    if kept is not None:
+        signal_batches = ((rows, kept[:, rows]) for rows in (slice(start, start + batch_size)
+                                                             for start in range(0, n_images, batch_size)))
+    else:
+        signal_batches = ((batch.positions, _layer_signals(batch, folded, readout))
+                          for batch in _batches(store, image_ids, grid, batch_size, progress, "responses"))
     mixture = np.zeros((n_images, n_vertices), dtype=np.float64)
-    for batch in _batches(store, image_ids, grid, batch_size, progress, "responses"):
-        signals = _layer_signals(batch, folded, readout)
-        mixture[batch.positions] = np.einsum("lbn,ln->bn", signals - mean[:, None, :], weight)
+    for rows, signals in signal_batches:
+        mixture[rows] = np.einsum("lbn,ln->bn", signals - mean[:, None, :], weight)
     mixture = _standardised(mixture)
     if nonlinearity > 0:
         mixture = _standardised(np.logaddexp(0.0, nonlinearity * mixture) / nonlinearity)

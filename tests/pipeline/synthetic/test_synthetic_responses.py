@@ -9,6 +9,7 @@ from builders import SYNTHETIC_FEATURES, random_store
 from pipeline.synthetic.config import SyntheticConfig
 from pipeline.synthetic.geometry import build_region
 from pipeline.synthetic.planting import plant_maps
+from pipeline.synthetic import responses
 from pipeline.synthetic.responses import channel_statistics, draw_repeats, generate_signal, pooling_weights
 
 
@@ -56,7 +57,11 @@ def small_store(tmp_path_factory: pytest.TempPathFactory):
     return random_store(tmp_path_factory.mktemp("store") / "small.zarr", n_images=150, **SYNTHETIC_FEATURES)
 
 
-def test_signal_matches_a_plain_implementation(small_store) -> None:
+@pytest.mark.parametrize("signals_in_memory", [True, False], ids=["two-passes", "three-passes"])
+def test_signal_matches_a_plain_implementation(small_store, signals_in_memory: bool,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    if not signals_in_memory:
+        monkeypatch.setattr(responses, "SIGNAL_MEMORY_BYTES", 0)
     cfg, maps = _maps(60)
     signal = generate_signal(small_store, small_store.image_ids, maps, n_readouts=cfg.n_readouts, nonlinearity=1.0,
                              batch_size=40, rng=np.random.default_rng(9))
@@ -76,6 +81,15 @@ def test_signal_does_not_depend_on_batch_size_or_row_order(small_store) -> None:
                                rng=np.random.default_rng(1), **kwargs)
     assert np.allclose(whole, small, atol=1e-4)
     assert np.allclose(shuffled, whole[order], atol=1e-4)
+
+
+def test_given_channel_statistics_give_the_same_signal(small_store) -> None:
+    cfg, maps = _maps(50)
+    kwargs = dict(n_readouts=cfg.n_readouts, nonlinearity=1.0, batch_size=50)
+    stats = channel_statistics(small_store, small_store.image_ids, grid=max(small_store.grids), batch_size=50)
+    own = generate_signal(small_store, small_store.image_ids, maps, rng=np.random.default_rng(5), **kwargs)
+    given = generate_signal(small_store, small_store.image_ids, maps, rng=np.random.default_rng(5), stats=stats, **kwargs)
+    assert np.array_equal(own, given)
 
 
 def test_subjects_differ_and_seeds_reproduce(small_store) -> None:
