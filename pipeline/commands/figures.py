@@ -6,13 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from cache.errors import MissingInputError
+from cache.errors import InvalidInputError, MissingInputError
 from pipeline import runroot
 from pipeline.config import build_config, given_flags, load_toml
 from pipeline.imagesets.folder import list_image_files
 from pipeline.publish import publish_entries
 from pipeline.report.inputs import discover_inputs, load_report_meshes
-from pipeline.report.output import write_report
+from pipeline.report.output import PARALLEL_MIN_FITS, figure_workers, write_report
 from stages.report.config import FORMATS, ReportConfig
 
 NAME = "figures"
@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
                         help=f"TOML preset whose [{_PRESET_TABLE}] table sets any of: "
                              + ", ".join(ReportConfig.__dataclass_fields__))
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes rendering fits side by side (default: one per core and per 2 GB of "
+                             f"available memory, and one for fewer than {PARALLEL_MIN_FITS} fits)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -85,6 +88,8 @@ def build_report_config(args: argparse.Namespace) -> ReportConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Find the inputs, load the meshes, render everything, write the page."""
+    if args.workers is not None and args.workers < 1:
+        raise InvalidInputError(f"--workers {args.workers}: must be at least 1")
     run_root = runroot.resolve_run_root(args.run_root)
     cfg = build_report_config(args)
     inputs = discover_inputs(run_root, args.fits)
@@ -95,10 +100,11 @@ def run(args: argparse.Namespace) -> int:
     flat, inflated = load_report_meshes(inputs, subjects_dir=args.subjects_dir)
     command = "bddn --run-root " + str(run_root) + " figures " + " ".join(str(p) for p in args.fits)
     images = list_image_files(args.top_channels) if args.top_channels else []
+    workers = figure_workers(len(inputs)) if args.workers is None else args.workers
     # written aside and swapped in only when complete: a failed run leaves the previous report as it was
     page = publish_entries(runroot.figures_dir(run_root), run_root, lambda staged: write_report(
         staged, inputs, flat, inflated, cfg, progress=not args.no_progress, reproduce=[command.strip()],
-        images=images), last="index.html")
+        images=images, workers=workers), last="index.html")
     print(f"report: {page}", file=sys.stderr)
     return 0
 

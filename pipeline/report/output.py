@@ -17,13 +17,17 @@ Layout::
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import psutil
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
@@ -44,6 +48,12 @@ from stages.report.html import PageFigure, PageSection, PageTable, render_page
 from stages.report.maps import scalar_exports
 from stages.report.markdown import to_markdown
 from stages.report.summaries import score_hierarchy, summarise_rois
+
+
+#: Fewest fits rendered in several processes (below it, one process is quicker).
+PARALLEL_MIN_FITS = 3
+#: Memory set aside per rendering process.
+FIGURE_WORKER_BYTES = 2 << 30
 
 
 def save_figure(figure: Figure, stem: Path, *, cfg: ReportConfig) -> dict[str, Path]:
@@ -75,19 +85,21 @@ def save_table(table: pd.DataFrame, stem: Path) -> dict[str, Path]:
 
 def write_report(figures_root: Path, inputs: Sequence[ReportInput], flat: CorticalMesh, inflated: CorticalMesh,
                  cfg: ReportConfig, *, progress: bool = True, reproduce: Sequence[str] = (),
-                 images: Sequence[Path] = ()) -> Path:
+                 images: Sequence[Path] = (), workers: int = 1) -> Path:
     """Render every input and the comparisons, then write ``index.html``; returns its path.
 
     ``images``: input images for top-channel figures of fits that saved bottlenecks and read-out.
+    ``workers``: processes rendering fits side by side (see :func:`figure_workers`); 1 renders in this one.
     """
     figures_root.mkdir(parents=True, exist_ok=True)
     cfg = with_space_extent(cfg, [item.fit for item in inputs])
     meshes = viewer_meshes(inflated, flat, cfg) if cfg.viewer else None
-    sections, scores = [], []
     truths = _truths(inputs)
-    for item in tqdm(inputs, desc="figures", unit="fit", disable=not progress):
-        section, score_row = _write_fit(figures_root, item, flat, inflated, cfg, reproduce, images,
-                                        truth=truths.get(item.fit.subject), meshes=meshes)
+    jobs = [(figures_root, item, flat, inflated, cfg, reproduce, images, truths.get(item.fit.subject), meshes)
+            for item in inputs]
+    sections, scores = [], []
+    for section, score_row in tqdm(_render_fits(jobs, workers), total=len(jobs), desc="figures", unit="fit",
+                                   disable=not progress):
         sections.append(section)
         scores.append(score_row)
     table = pd.DataFrame(scores)
@@ -105,6 +117,32 @@ def write_report(figures_root: Path, inputs: Sequence[ReportInput], flat: Cortic
     partial.write_text(page, encoding="utf-8")
     partial.replace(target)
     return target
+
+
+def figure_workers(n_inputs: int) -> int:
+    """Processes worth rendering ``n_inputs`` fits with: one per core and per 2 GB of available memory, and
+    1 below :data:`PARALLEL_MIN_FITS` fits, where starting a process (importing the plotting stack, about 4 s
+    on a small machine) costs more than it saves. Matplotlib draws on one core, so on two cores the demo's
+    five fits render in about two thirds of the time."""
+    if n_inputs < PARALLEL_MIN_FITS:
+        return 1
+    by_memory = int(psutil.virtual_memory().available // FIGURE_WORKER_BYTES)
+    return max(1, min(n_inputs, os.cpu_count() or 1, by_memory))
+
+
+def _render_fits(jobs: Sequence[tuple], workers: int) -> Iterator[tuple[PageSection, dict]]:
+    """``_write_fit(*job)`` for each job, in order; in ``workers`` fresh processes when more than one."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from (_write_fit_job(job) for job in jobs)
+        return
+    # spawn, not fork: the parent may hold thread pools (torch, Arrow) that a forked child must not inherit
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+        yield from pool.map(_write_fit_job, jobs)
+
+
+def _write_fit_job(job: tuple) -> tuple[PageSection, dict]:
+    root, item, flat, inflated, cfg, reproduce, images, truth, meshes = job
+    return _write_fit(root, item, flat, inflated, cfg, reproduce, images, truth=truth, meshes=meshes)
 
 
 def _write_fit(root: Path, item: ReportInput, flat: CorticalMesh, inflated: CorticalMesh, cfg: ReportConfig,

@@ -104,11 +104,26 @@ def test_subject_averages_get_a_viewer(tmp_path: Path) -> None:
         fit = planted_fit(seed=seed, subject=subject)
         fit.method = "ridge"
         fit.save(root / "fits" / "toy" / f"{subject}-ridge")
-    assert main(["--run-root", str(root), "figures", *FAST, "--inflated-maps", ""]) == 0
+    assert main(["--run-root", str(root), "figures", *FAST, "--inflated-maps", "", "--workers", "2"]) == 0
     page = (root / "figures" / "index.html").read_text()
     assert 'href="average/toy-ridge/viewer.html"' in page
     viewer = (root / "figures" / "average" / "toy-ridge" / "viewer.html").read_text()
     assert '"name":"n_subjects"' in viewer and "average of 2" in viewer
+    # rendered in two processes, the fits' sections keep the inputs' order and each has its files
+    assert page.index('id="toy-subj01-ridge"') < page.index('id="toy-subj02-ridge"')
+    for subject in ("subj01", "subj02"):
+        assert (root / "figures" / "toy" / f"{subject}-ridge" / "viewer.html").is_file()
+
+
+def test_fits_render_in_parallel_only_when_worth_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.report import output
+
+    assert output.figure_workers(output.PARALLEL_MIN_FITS - 1) == 1
+    monkeypatch.setattr(output.os, "cpu_count", lambda: 2)
+    assert output.figure_workers(5) in (1, 2)   # 1 only where memory is short
+    monkeypatch.setattr(output.os, "cpu_count", lambda: 64)
+    assert 1 <= output.figure_workers(5) <= 5
+    assert main(["figures", "--workers", "0"]) == 2
 
 
 def test_alpha_keeps_significant_vertices_only(report: Path, tmp_path: Path) -> None:
