@@ -75,13 +75,9 @@ figures: setup
 sweep: weights
 	$(BDDN) sweep --models $(MODELS) --subjects $(SUBJECTS) --methods $(METHODS) --data $(DATA) $(DATA_ROOT) $(ARGS)
 
+# bddn demo runs, in one process: demo-images, features, synth, fit (FactorTopy, 10 epochs), fit --method ridge, figures
 demo: weights
-	$(BDDN) demo-images
-	$(BDDN) features --model $(MODEL) --imageset demo
-	$(BDDN) synth --subjects $(SUBJECTS) --model $(MODEL)
-	$(BDDN) fit --subject $(SUBJECT) --model $(MODEL) --data synthetic --epochs 10
-	$(BDDN) fit --subject $(SUBJECT) --model $(MODEL) --data synthetic --method ridge
-	$(BDDN) figures
+	$(BDDN) demo --model $(MODEL) --subject $(SUBJECT) --subjects $(SUBJECTS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

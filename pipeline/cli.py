@@ -21,6 +21,7 @@ from pipeline import runroot
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "pipeline.commands.models",
+    "pipeline.commands.demo",
     "pipeline.commands.demo_images",
     "pipeline.commands.features",
     "pipeline.commands.synth",
