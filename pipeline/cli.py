@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "pipeline.commands.figures",
     "pipeline.commands.compare",
     "pipeline.commands.sweep",
+    "pipeline.commands.predict",
 )
 
 

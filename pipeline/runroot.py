@@ -72,6 +72,14 @@ def joint_fit_dir(run_root: Path, model: str, subjects: Sequence[str], subject: 
     return group if subject is None else group / safe_name(subject)
 
 
+def predictions_path(run_root: Path, fit_folder: Path, imageset: str) -> Path:
+    """``runs/predictions/<fit folder below fits/>/<imageset>.zarr``: a fit's predicted responses to an image set
+    (a fit outside the run root is named by its folder)."""
+    fits = run_root / "fits"
+    below = fit_folder.relative_to(fits) if fit_folder.is_relative_to(fits) else Path(fit_folder.name)
+    return run_root / "predictions" / below / f"{safe_name(imageset)}.zarr"
+
+
 def figures_dir(run_root: Path) -> Path:
     """``runs/figures/``: maps, tables and ``index.html``."""
     return run_root / "figures"

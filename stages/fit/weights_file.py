@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from cache.errors import InvalidInputError
+from cache.errors import InvalidInputError, MissingInputError
 
 if TYPE_CHECKING:
     import torch
@@ -114,6 +114,20 @@ def read_fit_weights(directory: Path, *, subject_index: int = 0) -> FitWeights |
                       global_bottlenecks=tuple(_per_layer(tensors, _GLOBAL)),
                       selectors={name[len(_SELECTORS):]: tensor for name, tensor in tensors.items()
                                  if name.startswith(_SELECTORS)})
+
+
+def read_state_dict(directory: Path) -> dict[str, np.ndarray]:
+    """Every tensor of ``directory/weights.safetensors`` by its state-dict name (float32 arrays), to rebuild the
+    trained model (``stages.fit.predictor``).
+
+    Raises:
+        MissingInputError: the folder has no weights file (ridge fits and planted truths have none).
+        InvalidInputError: the file is truncated or not a safetensors file.
+    """
+    path = Path(directory) / WEIGHTS_FILE
+    if not path.is_file():
+        raise MissingInputError(f"{path} does not exist: {directory} holds no trained FactorTopy weights")
+    return _read_tensors(path)
 
 
 def _read_tensors(path: Path) -> dict[str, np.ndarray]:
