@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "pipeline.commands.compare",
     "pipeline.commands.sweep",
     "pipeline.commands.predict",
+    "pipeline.commands.preferred",
 )
 
 

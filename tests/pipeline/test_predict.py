@@ -11,7 +11,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+from scipy.stats import spearmanr
 
 from builders import SYNTHETIC_FEATURES, image_folder, random_store
 from cache.errors import IncompleteStoreError, InvalidInputError, StoreMismatchError
@@ -167,3 +169,24 @@ def test_the_store_view_is_xarray(world: dict) -> None:
     assert dataset.image_id.values.tolist() == world["novel"].image_ids.tolist()
     assert dataset.attrs["provenance"]["model"]["model_id"] == "fake"
     assert isinstance(FeatureStore.open(world["novel"].path), FeatureStore)
+
+
+def test_the_roi_ranking_follows_the_planted_mechanism(world: dict, tmp_path: Path) -> None:
+    """bddn preferred ranks the new images per ROI; its ranking agrees with the ranking by the planted
+    mechanism's noise-free ROI means (Spearman per ROI), and the page shows the ends of each ranking."""
+    out = tmp_path / "preferred"
+    assert cli.main(["--run-root", str(world["root"]), "preferred", "--fit", str(world["fit"]), "--store",
+                     str(world["novel"].path), "--top", "3", "--out", str(out)]) == 0
+    ranking = pd.read_parquet(out / "preferred.parquet")
+    mechanism = planted_mechanism(runroot.synthetic_root(world["root"]) / "subj01", world["store"])
+    truth = noise_free_responses(mechanism, world["novel"], ranking.index.tolist())
+    rois = load_fit(world["fit"]).maps["roi"].to_numpy()
+    rho = {roi: spearmanr(ranking[roi], truth[:, rois == roi].mean(axis=1))[0]
+           for roi in sorted(set(rois) - {""})}
+    print("Spearman per ROI of the predicted and the planted ranking: "
+          + ", ".join(f"{roi} {value:.2f}" for roi, value in rho.items()))
+    assert set(rho) == set(ranking.columns) - {f"rank_{roi}" for roi in rho}
+    assert np.median(list(rho.values())) > 0.3 and min(rho.values()) > 0
+    page = (out / "index.html").read_text()
+    best = ranking["V1v"].idxmax()
+    assert page.count("<section>") == len(rho) and best in page and (ranking["rank_V1v"][best] == 1)
