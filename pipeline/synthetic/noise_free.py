@@ -31,7 +31,7 @@ from pipeline.synthetic.geometry import build_region
 from pipeline.synthetic.layout import read_truth_record
 from pipeline.synthetic.planting import plant_maps
 from pipeline.synthetic.responses import (
-    _fold_statistics, _layer_signals, _Readout, channel_statistics, pooling_weights,
+    PlantedReadout, channel_statistics, fold_statistics, layer_moments, layer_signals, pooling_weights,
 )
 
 
@@ -52,7 +52,7 @@ class PlantedMechanism:
     """
 
     folded: list[tuple[np.ndarray, ...]]
-    readout: _Readout
+    readout: PlantedReadout
     grid: int
     layer_mean: np.ndarray
     layer_weight: np.ndarray
@@ -70,7 +70,7 @@ class PlantedMechanism:
                                      f"mechanism pools the {self.grid}x{self.grid} grid")
         out = np.zeros((len(image_ids), self.layer_mean.shape[1]))
         for batch in store.iter_batches(list(image_ids), batch_size=self.batch_size, grid=self.grid):
-            signals = _layer_signals(batch, self.folded, self.readout)
+            signals = layer_signals(batch, self.folded, self.readout)
             out[batch.positions] = np.einsum("lbn,ln->bn", signals - self.layer_mean[:, None, :], self.layer_weight)
         return out
 
@@ -98,16 +98,9 @@ def planted_mechanism(folder: Path, store: FeatureStore) -> PlantedMechanism:
     ids = list(store.image_ids)
     stats = channel_statistics(store, ids, grid=grid, batch_size=cfg.batch_size)
     directions = [readout_rng.normal(0.0, 1.0, (cfg.n_readouts, c)) / np.sqrt(c) for c in store.n_channels]
-    readout = _Readout.of(maps, pooling_weights(maps.space, maps.rf_size, grid=grid))
-    folded = _fold_statistics(directions, stats)
-    total = np.zeros((store.n_layers, maps.space.shape[0]))
-    total_sq = np.zeros_like(total)
-    for batch in store.iter_batches(ids, batch_size=cfg.batch_size, grid=grid):
-        signals = _layer_signals(batch, folded, readout).astype(np.float64)
-        total += signals.sum(axis=1)
-        total_sq += (signals ** 2).sum(axis=1)
-    mean = total / len(ids)
-    std = np.sqrt(np.maximum(total_sq / len(ids) - mean ** 2, 0.0))
+    readout = PlantedReadout.of(maps, pooling_weights(maps.space, maps.rf_size, grid=grid))
+    folded = fold_statistics(directions, stats)
+    mean, std, _ = layer_moments(store, ids, folded, readout, grid=grid, batch_size=cfg.batch_size)
     unit = np.zeros(maps.space.shape[0])
     mechanism = PlantedMechanism(folded=folded, readout=readout, grid=grid, layer_mean=mean,
                                  layer_weight=maps.layer_weights.T / np.maximum(std, 1e-12), mixture_mean=unit,

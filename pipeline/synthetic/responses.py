@@ -74,32 +74,22 @@ def generate_signal(store: FeatureStore, image_ids: Sequence[str], maps: Planted
     if stats is None:
         stats = channel_statistics(store, image_ids, grid=grid, batch_size=batch_size, progress=progress)
     directions = [rng.normal(0.0, 1.0, (n_readouts, c)) / np.sqrt(c) for c in store.n_channels]
-    readout = _Readout.of(maps, pooling_weights(maps.space, maps.rf_size, grid=grid))
-    folded = _fold_statistics(directions, stats)
+    readout = PlantedReadout.of(maps, pooling_weights(maps.space, maps.rf_size, grid=grid))
+    folded = fold_statistics(directions, stats)
 
     n_layers, n_vertices, n_images = store.n_layers, maps.space.shape[0], len(image_ids)
     # Each layer's signals are needed twice: for their moments, then weighted by them. Kept in memory when
     # small enough (the demo subject: 0.2 GB), they are computed once instead of twice.
-    kept = (np.empty((n_layers, n_images, n_vertices), dtype=np.float32)
-            if n_layers * n_images * n_vertices * 4 <= SIGNAL_MEMORY_BYTES else None)
-    total = np.zeros((n_layers, n_vertices))
-    total_sq = np.zeros((n_layers, n_vertices))
-    for batch in _batches(store, image_ids, grid, batch_size, progress, "layer moments"):
-        signals = _layer_signals(batch, folded, readout)
-        if kept is not None:
-            kept[:, batch.positions] = signals
-        signals = signals.astype(np.float64)
-        total += signals.sum(axis=1)
-        total_sq += (signals ** 2).sum(axis=1)
-    mean = total / n_images
-    std = np.sqrt(np.maximum(total_sq / n_images - mean ** 2, 0.0))
+    keep = n_layers * n_images * n_vertices * 4 <= SIGNAL_MEMORY_BYTES
+    mean, std, kept = layer_moments(store, image_ids, folded, readout, grid=grid, batch_size=batch_size, keep=keep,
+                                    progress=progress)
     weight = maps.layer_weights.T / np.maximum(std, 1e-12)  # (n_layers, n_vertices)
 
     if kept is not None:
         signal_batches = ((rows, kept[:, rows]) for rows in (slice(start, start + batch_size)
                                                              for start in range(0, n_images, batch_size)))
     else:
-        signal_batches = ((batch.positions, _layer_signals(batch, folded, readout))
+        signal_batches = ((batch.positions, layer_signals(batch, folded, readout))
                           for batch in _batches(store, image_ids, grid, batch_size, progress, "responses"))
     mixture = np.zeros((n_images, n_vertices), dtype=np.float64)
     for rows, signals in signal_batches:
@@ -108,6 +98,27 @@ def generate_signal(store: FeatureStore, image_ids: Sequence[str], maps: Planted
     if nonlinearity > 0:
         mixture = _standardised(np.logaddexp(0.0, nonlinearity * mixture) / nonlinearity)
     return mixture.astype(np.float32)
+
+
+def layer_moments(store: FeatureStore, image_ids: Sequence[str], folded: list[tuple[np.ndarray, ...]],
+                  readout: PlantedReadout, *, grid: int, batch_size: int, keep: bool = False,
+                  progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Mean and sd over the images of each layer's signal at each vertex (float64 arrays of shape
+    (n_layers, n_vertices)), and with ``keep`` the signals themselves (float32, (n_layers, n_images,
+    n_vertices), rows in ``image_ids`` order; else None): the statistics that standardise each layer."""
+    n_layers, n_vertices, n_images = len(folded), readout.scale.size, len(image_ids)
+    kept = np.empty((n_layers, n_images, n_vertices), dtype=np.float32) if keep else None
+    total = np.zeros((n_layers, n_vertices))
+    total_sq = np.zeros((n_layers, n_vertices))
+    for batch in _batches(store, image_ids, grid, batch_size, progress, "layer moments"):
+        signals = layer_signals(batch, folded, readout)
+        if kept is not None:
+            kept[:, batch.positions] = signals
+        signals = signals.astype(np.float64)
+        total += signals.sum(axis=1)
+        total_sq += (signals ** 2).sum(axis=1)
+    mean = total / n_images
+    return mean, np.sqrt(np.maximum(total_sq / n_images - mean ** 2, 0.0)), kept
 
 
 def channel_statistics(store: FeatureStore, image_ids: Sequence[str], *, grid: int, batch_size: int,
@@ -172,7 +183,7 @@ def draw_repeats(signal: np.ndarray, noise_ceiling: np.ndarray, *, n_repeats: in
     return signal[None].astype(np.float32) + noise
 
 
-def _fold_statistics(directions: list[np.ndarray], stats: ChannelStatistics) -> list[tuple[np.ndarray, ...]]:
+def fold_statistics(directions: list[np.ndarray], stats: ChannelStatistics) -> list[tuple[np.ndarray, ...]]:
     """Per layer: directions divided by the channel sds and their offsets, so z-scoring is one matmul."""
     folded = []
     for layer, direction in enumerate(directions):
@@ -183,7 +194,7 @@ def _fold_statistics(directions: list[np.ndarray], stats: ChannelStatistics) -> 
     return folded
 
 
-def _layer_signals(batch: FeatureBatch, folded: list[tuple[np.ndarray, ...]], readout: _Readout) -> np.ndarray:
+def layer_signals(batch: FeatureBatch, folded: list[tuple[np.ndarray, ...]], readout: PlantedReadout) -> np.ndarray:
     """float32 array of shape (n_layers, batch, n_vertices): each layer's un-normalised signal."""
     out = np.empty((len(folded), len(batch), readout.scale.size), dtype=np.float32)
     for layer, (local_dir, local_offset, global_dir, global_offset) in enumerate(folded):
@@ -197,7 +208,7 @@ def _layer_signals(batch: FeatureBatch, folded: list[tuple[np.ndarray, ...]], re
 
 
 @dataclass(frozen=True)
-class _Readout:
+class PlantedReadout:
     """Layer-independent parts of the read-out, so each layer costs two matrix products.
 
     ``local``: float32 (n_readouts * grid * grid, n_vertices), entry (k * P + p, n) = field_k(n) * window_n(p);
@@ -209,7 +220,7 @@ class _Readout:
     scale: np.ndarray
 
     @classmethod
-    def of(cls, maps: PlantedMaps, pooling: np.ndarray) -> _Readout:
+    def of(cls, maps: PlantedMaps, pooling: np.ndarray) -> PlantedReadout:
         fields = maps.readout_fields.astype(np.float32)
         local = (fields[:, :, None] * pooling[:, None, :]).reshape(fields.shape[0], -1)
         return cls(local=np.ascontiguousarray(local.T), global_=np.ascontiguousarray(fields.T),
