@@ -1,7 +1,8 @@
 """Kill-and-resume: SIGKILL a running `bddn features` at several points; the resumed store equals an uninterrupted one.
 
-Each run is a process forked from one forkserver that imported torch, timm and the command once, so the four
-runs do not each pay the imports (about 3 s apiece on 2 cores); a run is still a whole process, killed by SIGKILL.
+Each run is a process forked from the tests' forkserver (tests/forkserver.py), which imported torch, timm and the
+command once, so the four runs do not each pay the imports (about 3 s apiece on 2 cores); a run is still a whole
+process, killed by SIGKILL.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ import pytest
 import zarr
 
 from builders import REPO_ROOT
+from forkserver import forkserver_context
 from cache.store import FeatureStore
 from pipeline import cli, runroot
 from pipeline.imagesets.demo import write_demo_images
 
 MODEL = "timm:test_vit"
-#: What the forkserver imports once, before it forks each run.
-PRELOAD = ["torch", "timm", "pipeline.cli", "pipeline.commands.features"]
 
 
 def _arguments(run_root: Path, images: Path) -> list[str]:
@@ -41,20 +41,22 @@ def _done_chunks(store: Path) -> int:
 def _features_process(arguments: list[str], env: dict[str, str], stderr: str) -> None:
     """A forked run: the console command restricted to `features` (so the test depends on no other sub-command),
     with the test's environment and its standard error written to ``stderr``."""
+    import torch
+
     from pipeline import cli
 
     os.environ.clear()
     os.environ.update(env)
     os.dup2(os.open(stderr, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
+    torch.set_num_threads(1)  # as the reference run
     cli.COMMAND_MODULES = ("pipeline.commands.features",)
     raise SystemExit(cli.main(arguments))
 
 
 def _start(run_root: Path, images: Path, stderr: Path) -> multiprocessing.Process:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    process = context.Process(target=_features_process, args=(_arguments(run_root, images), env, str(stderr)))
+    process = forkserver_context().Process(target=_features_process,
+                                           args=(_arguments(run_root, images), env, str(stderr)))
     process.start()
     return process
 

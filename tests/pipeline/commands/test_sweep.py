@@ -8,6 +8,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 
 from cache.lock import lock_path
 from cache.store import FeatureStore
+from forkserver import dask_workers_from_forkserver
 from pipeline import cli, runroot
 from pipeline.weights import install_all_weights
 from stages.fit.result import FitResult
@@ -26,6 +28,14 @@ pytestmark = pytest.mark.slow
 
 MODELS = ("mobilenet_v2", "efficientnet_lite0")
 SUBJECTS = ("subj01", "subj02")
+
+
+@pytest.fixture(autouse=True)
+def _workers_from_forkserver(isolated_environment: None) -> Iterator[None]:
+    """Local dask clusters fork their worker processes from the tests' forkserver (tests/forkserver.py), which
+    imported torch, timm and the commands once, instead of spawning interpreters that import them (~5 s each)."""
+    with dask_workers_from_forkserver():
+        yield
 
 
 @pytest.fixture(scope="module")

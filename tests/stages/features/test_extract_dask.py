@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import zarr
 
 from cache.errors import InvalidInputError
 from cache.store import FeatureStore
+from forkserver import dask_workers_from_forkserver
 from pipeline.imagesets.demo import write_demo_images
 from pipeline.imagesets.folder import image_source_from_folder
 from stages.features.extract import ExtractConfig, extract_features, store_layout, store_provenance
@@ -19,6 +21,14 @@ from stages.models.registry import ModelRequest
 from stages.features.scaleout import extract_features_distributed, load_requested_model
 
 REQUEST = ModelRequest("timm:test_vit", pretrained=False, seed=1)
+
+
+@pytest.fixture(autouse=True)
+def _workers_from_forkserver(isolated_environment: None) -> Iterator[None]:
+    """Local dask clusters fork their worker processes from the tests' forkserver (tests/forkserver.py), which
+    imported torch, timm and the commands once, instead of spawning interpreters that import them (~5 s each)."""
+    with dask_workers_from_forkserver():
+        yield
 
 
 class FailingLoader:
