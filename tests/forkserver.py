@@ -20,7 +20,7 @@ from multiprocessing.context import BaseContext
 
 #: What the forkserver imports before it forks anything.
 PRELOAD = ["numpy", "pandas", "dask", "distributed", "torch", "timm", "pipeline.cli", "pipeline.commands.features",
-           "pipeline.commands.fit", "pipeline.sweep.tasks", "stages.features.scaleout"]
+           "pipeline.commands.fit", "pipeline.sweep.tasks", "stages.features.scaleout", "stages.fit.train"]
 #: Environment variables that tests set (tests/conftest.py, and TORCH_HOME of the sweep tests).
 TEST_VARIABLES = ("BDDN_RUN_ROOT", "TORCH_HOME", "HF_HOME", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
                   "MPLCONFIGDIR", "MPLBACKEND")

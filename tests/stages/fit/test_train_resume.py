@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
-import textwrap
+import signal
 
 import numpy as np
 import pytest
 import torch
 
-from builders import REPO_ROOT
 from cache.errors import ConfigError, StoreMismatchError
+from forkserver import forkserver_context
 from stages.fit.checkpoint import CHECKPOINT_JSON
 from stages.fit.config import FitConfig
 from stages.fit.train import fit_factortopy
@@ -57,30 +55,38 @@ def test_resume_refuses_other_layers_or_config(store, subject, tmp_path, monkeyp
     assert [row["epoch"] for row in longer.history] == [1, 2, 3]
 
 
+def _fit_killed_after_first_checkpoint(store_path: str, inputs: str, checkpoint_dir: str, threads: int) -> None:
+    """A forked process: the fit of ``inputs``, SIGKILLed right after writing its first epoch's checkpoint."""
+    from cache.store import FeatureStore
+    from stages.fit import train as train_module
+
+    torch.set_num_threads(threads)  # the same reductions as the test's process: bit-identical
+    real = train_module.save_checkpoint
+
+    def save_then_kill(directory, **kwargs):
+        real(directory, **kwargs)
+        if kwargs["state"].epoch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train_module.save_checkpoint = save_then_kill
+    with open(inputs, "rb") as handle:
+        subject, cfg = pickle.load(handle)
+    train_module.fit_factortopy(FeatureStore.open(store_path), subject, cfg, checkpoint_dir=checkpoint_dir,
+                                progress=False)
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill(store, subject, tmp_path):
+    """The killed fit is a process forked from the tests' forkserver (tests/forkserver.py), which has torch and
+    the trainer imported already."""
     straight = fit_factortopy(store, subject, CFG, checkpoint_dir=None, progress=False)
     inputs = tmp_path / "inputs.pickle"
     inputs.write_bytes(pickle.dumps((subject, CFG)))
-    script = textwrap.dedent(f"""
-        import os, pickle, signal, sys
-        sys.path[:0] = [{str(REPO_ROOT)!r}]
-        import torch
-        torch.set_num_threads({torch.get_num_threads()})  # the same reductions as this process: bit-identical
-        from cache.store import FeatureStore
-        from stages.fit import train as train_module
-        real = train_module.save_checkpoint
-        def save_then_kill(directory, **kwargs):
-            real(directory, **kwargs)
-            if kwargs["state"].epoch == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-        train_module.save_checkpoint = save_then_kill
-        store = FeatureStore.open({str(store.path)!r})
-        with open({str(inputs)!r}, "rb") as handle:
-            subject, cfg = pickle.load(handle)
-        train_module.fit_factortopy(store, subject, cfg, checkpoint_dir={str(tmp_path / 'ck')!r}, progress=False)
-    """)
-    process = subprocess.run([sys.executable, "-c", script], env={**os.environ}, capture_output=True, text=True)
-    assert process.returncode == -9, process.stderr
+    process = forkserver_context().Process(target=_fit_killed_after_first_checkpoint,
+                                           args=(str(store.path), str(inputs), str(tmp_path / "ck"),
+                                                 torch.get_num_threads()))
+    process.start()
+    process.join()
+    assert process.exitcode == -signal.SIGKILL
     resumed = fit_factortopy(store, subject, CFG, checkpoint_dir=tmp_path / "ck", progress=False)
     _assert_same(straight, resumed)
