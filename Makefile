@@ -17,7 +17,7 @@ METHOD   ?= factortopy
 MODELS   ?= mobilenet_v2 efficientnet_lite0
 METHODS  ?= ridge
 ARGS     ?=
-PYTEST_ARGS ?= --runslow
+PYTEST_ARGS ?= --runslow -n 2
 
 BDDN := $(BIN)/bddn --run-root $(RUN_ROOT)
 IMAGE_SOURCE := $(if $(IMAGES),--images $(IMAGES),--imageset $(IMAGESET))
