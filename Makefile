@@ -76,7 +76,7 @@ figures: setup
 sweep: weights
 	$(BDDN) sweep --models $(MODELS) --subjects $(SUBJECTS) --methods $(METHODS) --data $(DATA) $(DATA_ROOT) $(ARGS)
 
-# bddn demo runs, in one process: demo-images, features, synth, fit (FactorTopy, 10 epochs), fit --method ridge, figures
+# bddn demo runs, in one process: demo-images, features, synth, fit (FactorTopy, 8 epochs), fit --method ridge, figures
 demo: weights
 	$(BDDN) demo --model $(MODEL) --subject $(SUBJECT) --subjects $(SUBJECTS)
 

@@ -19,7 +19,7 @@ HELP = ("run all three stages on the embedded default: the demo images, their fe
         "step's command and its seconds")
 
 DEFAULT_MODEL = "mobilenet_v2"
-DEFAULT_EPOCHS = 10
+DEFAULT_EPOCHS = 8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
