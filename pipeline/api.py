@@ -31,12 +31,12 @@ from pipeline.predictions import (
     as_data_array, chunk_images, is_predictions, open_predictions, vertex_coordinates, write_predictions,
 )
 from stages.fit.config import FitConfig
-from stages.fit.predictor import BLOCK_BYTES, RESPONSE_UNITS, FitPredictor, block_images_for, build_predictor
+from stages.fit.predictor import BLOCK_BYTES, RESPONSE_UNITS, Predictor, block_images_for, load_predictor
 from stages.fit.result import FitResult
-from stages.fit.weights_file import read_state_dict
+from stages.fit.ridge import METHODS as RIDGE_METHODS, RidgeConfig
 
-#: Fit methods whose folder holds a trained read-out that can predict new images.
-PREDICTING_METHODS = ("factortopy", "factortopy-joint")
+#: Fit methods whose folder holds a read-out that can predict new images.
+PREDICTING_METHODS = ("factortopy", "factortopy-joint", *RIDGE_METHODS)
 
 
 @dataclass
@@ -53,7 +53,7 @@ class LoadedFit:
     path: Path
     result: FitResult
     run_root: Path
-    _predictors: dict[str | None, FitPredictor] = field(default_factory=dict, repr=False)
+    _predictors: dict[str | None, Predictor] = field(default_factory=dict, repr=False)
 
     @property
     def maps(self) -> Any:
@@ -77,23 +77,22 @@ class LoadedFit:
         """The provenance of the feature store the fit was fitted from (model, preprocessing, stage-one config)."""
         return (self.provenance.get("store") or {}).get("provenance") or {}
 
-    def predictor(self, *, device: str | None = None) -> FitPredictor:
-        """The fit's trained read-out, rebuilt on ``device`` (default: the fit's setting, ``auto`` = CUDA when
-        there is one); loaded once per device.
+    def predictor(self, *, device: str | None = None) -> Predictor:
+        """The fit's read-out (``stages.fit.predictor``), rebuilt on ``device`` (default: the fit's setting,
+        ``auto`` = CUDA when there is one); loaded once per device.
 
         Raises:
-            InvalidInputError: a ridge fit (its folder keeps no coefficients) or damaged weights.
+            InvalidInputError: not a fit that predicts (a planted truth), or damaged weights or coefficients.
+            MissingInputError: the weights or coefficient file is missing.
         """
         if device not in self._predictors:
             if self.result.method not in PREDICTING_METHODS:
-                raise InvalidInputError(
-                    f"{self.path} is a {self.result.method} fit: its folder keeps per-vertex alphas but no "
-                    f"coefficients, so it cannot predict new images; use a FactorTopy fit of {self.result.subject}")
-            cfg = build_config(FitConfig, self.config, {"device": device} if device else None,
+                raise InvalidInputError(f"{self.path} is a {self.result.method} result, not a fit with a read-out: "
+                                        f"only {', '.join(PREDICTING_METHODS)} fits predict new images")
+            kind = RidgeConfig if self.result.method in RIDGE_METHODS else FitConfig
+            cfg = build_config(kind, self.config, {"device": device} if device else None,
                                where=f"{self.path}/fit.json config")
-            self._predictors[device] = build_predictor(
-                read_state_dict(self.path), self.result.vertices, layer_names=self.result.layer_names, cfg=cfg,
-                scales=self.result.metrics.get("feature_scales"))
+            self._predictors[device] = load_predictor(self.path, self.result, cfg)
         return self._predictors[device]
 
     def image_store(self, images: Images | None = None, *, store: str | Path | None = None, name: str | None = None,
@@ -152,7 +151,7 @@ class LoadedFit:
             values[start:start + len(part)] = part
         return as_data_array(values, image_ids=ids, coordinates=coordinates, record=record)
 
-    def prediction_record(self, store: FeatureStore, predictor: FitPredictor) -> dict[str, Any]:
+    def prediction_record(self, store: FeatureStore, predictor: Predictor) -> dict[str, Any]:
         """The provenance written with predictions: units, the fit, the images' store and the environment."""
         return {"units": RESPONSE_UNITS,
                 "fit": {"path": str(self.path), "method": self.result.method, "subject": self.result.subject,
@@ -164,7 +163,7 @@ class LoadedFit:
 
 
 def load_fit(path: str | Path, *, run_root: str | Path | None = None) -> LoadedFit:
-    """Load the fit folder ``path`` (any method; only FactorTopy fits predict).
+    """Load the fit folder ``path`` (any method; FactorTopy, ridge and banded-ridge fits predict).
 
     ``run_root``: where new images' stores go; default the run root holding the fit (the folder above its
     ``fits/``), else ``$BDDN_RUN_ROOT`` or ``./runs``.

@@ -13,7 +13,8 @@ from pipeline import runroot
 from pipeline.api import LoadedFit, load_fit
 
 NAME = "predict"
-HELP = ("predict every fitted vertex's response to any images from a finished FactorTopy fit: features through "
+HELP = ("predict every fitted vertex's response to any images from a finished fit (FactorTopy, ridge, banded ridge, "
+        "each subject of a joint fit): features through "
         "the fit's own store recipe, the fit's own read-out, written to "
         "<run root>/predictions/<fit>/<imageset>.zarr (images x vertices, float32, in the fit's response units)")
 DEFAULT_SUBJECT = "subj01"
@@ -28,16 +29,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_compute_arguments(parser)
 
 
-def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--fit DIR``, or ``--model`` and ``--subject`` naming a fit under the run root."""
+def add_fit_arguments(parser: argparse.ArgumentParser, *, several: bool = False) -> None:
+    """``--fit DIR``, or ``--model``, ``--subject`` and ``--method`` naming a fit under the run root; with
+    ``several``, ``--fit`` and ``--subject`` take one or more (``resolve_fits``)."""
     fit = parser.add_argument_group("fit")
-    fit.add_argument("--fit", type=Path, default=None, metavar="DIR",
-                     help="a fit folder (holding fit.json and weights.safetensors); default "
-                          "<run root>/fits/<model>/<subject>/")
+    count = {"nargs": "+"} if several else {}
+    fit.add_argument("--fit", type=Path, default=None, metavar="DIR", **count,
+                     help="fit folder(s) (holding fit.json and weights.safetensors or coefficients.safetensors); "
+                          "default <run root>/fits/<model>/<subject>/")
     fit.add_argument("--model", default=runroot.DEFAULT_MODEL,
                      help=f"the fit's model, when --fit is not given (default {runroot.DEFAULT_MODEL})")
-    fit.add_argument("--subject", default=DEFAULT_SUBJECT,
-                     help=f"the fit's subject, when --fit is not given (default {DEFAULT_SUBJECT})")
+    fit.add_argument("--subject", default=[DEFAULT_SUBJECT] if several else DEFAULT_SUBJECT, **count,
+                     help=f"the fit's subject(s), when --fit is not given (default {DEFAULT_SUBJECT})")
+    fit.add_argument("--method", default="factortopy", choices=("factortopy", "ridge", "banded-ridge"),
+                     help="the fit's method, when --fit is not given (default factortopy)")
 
 
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,11 +75,20 @@ def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
     compute.add_argument("--no-progress", action="store_true", help="no progress bar while extracting")
 
 
-def resolve_fit(args: argparse.Namespace) -> LoadedFit:
-    """The fit named by ``--fit`` or by ``--model`` and ``--subject`` under the run root."""
+def resolve_fits(args: argparse.Namespace) -> list[LoadedFit]:
+    """The fits named by ``--fit`` or by ``--model``, ``--subject`` and ``--method`` under the run root."""
     run_root = runroot.resolve_run_root(args.run_root)
-    folder = args.fit if args.fit is not None else runroot.fit_dir(run_root, args.model, args.subject)
-    return load_fit(folder, run_root=run_root)
+    if args.fit is not None:
+        folders = args.fit if isinstance(args.fit, list) else [args.fit]
+    else:
+        subjects = args.subject if isinstance(args.subject, list) else [args.subject]
+        folders = [runroot.fit_dir(run_root, args.model, subject, args.method) for subject in subjects]
+    return [load_fit(folder, run_root=run_root) for folder in folders]
+
+
+def resolve_fit(args: argparse.Namespace) -> LoadedFit:
+    """The one fit named by ``--fit`` or by ``--model``, ``--subject`` and ``--method`` under the run root."""
+    return resolve_fits(args)[0]
 
 
 def resolve_images(args: argparse.Namespace, fit: LoadedFit) -> dict[str, Any]:

@@ -1,4 +1,11 @@
-"""A finished FactorTopy fit as a predictor: its responses to the features of any images (in-silico use).
+"""A finished fit as a predictor: its responses to the features of any images (in-silico use).
+
+Every fit method predicts through one interface, :class:`Predictor`: ``predict_blocks`` yields the
+predictions of a store's images block by block in the fit's response units, ``layer_indices`` checks
+that a store serves the fit. :func:`load_predictor` gives the one a fit folder needs: a
+:class:`FitPredictor` for FactorTopy fits (each subject of a joint fit too), a
+:class:`~stages.fit.ridge_predictor.RidgePredictor` for ridge and banded-ridge fits (their
+``coefficients.safetensors``). The rest of this module is the FactorTopy side.
 
 A fit folder holds everything the read-out needs: the bottlenecks, selector MLPs and read-out
 (``weights.safetensors``), each vertex's selections (layer weights, sample point, scale, and the
@@ -16,6 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -23,17 +32,60 @@ import torch
 from cache.errors import InvalidInputError, StoreMismatchError
 from cache.store import FeatureStore
 from stages.device import resolve_device, resolve_precision
+from stages.fit.coefficients import read_coefficients
 from stages.fit.config import FitConfig
 from stages.fit.factortopy import FactorTopy, Selections
-from stages.fit.result import layer_weight_column
+from stages.fit.result import FitResult, layer_weight_column
+from stages.fit.ridge import RidgeConfig
+from stages.fit.ridge_predictor import RidgePredictor
 from stages.fit.streaming import open_features
 from stages.fit.train import predict
+from stages.fit.weights_file import read_state_dict
 
 #: Host memory one block of predictions (and its zero stand-in targets) may take by default (bytes).
 BLOCK_BYTES = 256 * 2**20
 #: What a prediction's values are, recorded beside every written prediction.
 RESPONSE_UNITS = ("the fit's response units: the z-scored prediction times each vertex's training sd plus its "
                   "training mean (the columns train_std and train_mean of the fit's vertices.parquet)")
+
+
+class Predictor(Protocol):
+    """What every fit's predictor offers.
+
+    Attributes:
+        device: where the read-out runs.
+        precision: its arithmetic (``"float32"``, or an autocast precision).
+    """
+
+    device: torch.device
+    precision: str
+
+    @property
+    def n_vertices(self) -> int:
+        """The fit's number of vertices (columns of every block)."""
+
+    def layer_indices(self, store: FeatureStore) -> list[int]:
+        """The store indices of the layers the fit reads; raises StoreMismatchError when ``store`` cannot serve it."""
+
+    def predict_blocks(self, store: FeatureStore, image_ids: Sequence[str], *,
+                       block_images: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(start, float32 array of shape (n_block_images, n_vertices)) in the fit's response units, covering
+        ``image_ids`` in order, ``block_images`` images at a time."""
+
+
+def load_predictor(folder: Path, result: FitResult, cfg: FitConfig | RidgeConfig) -> Predictor:
+    """The predictor of the fit in ``folder`` (its table ``result``, its config ``cfg`` with the device to use).
+
+    Raises:
+        MissingInputError: the folder lacks the weights or coefficient file.
+        InvalidInputError: that file is damaged or does not match the table.
+    """
+    if isinstance(cfg, RidgeConfig):
+        coefficients = read_coefficients(folder, n_vertices=result.n_vertices, layer_names=result.layer_names)
+        return RidgePredictor(coefficients, result.layer_names, device=resolve_device(cfg.device),
+                              batch_size=cfg.batch_size)
+    return build_predictor(read_state_dict(folder), result.vertices, layer_names=result.layer_names, cfg=cfg,
+                           scales=result.metrics.get("feature_scales"))
 
 
 class _RecordedSelections(torch.nn.Module):

@@ -28,27 +28,33 @@ local/global mix, so some columns are stand-ins):
 
 Features are z-scored per column with training statistics and divided by the square
 root of their number, so every band's kernel has mean diagonal ~1 and one alpha grid
-suits every layer.
+suits every layer (:mod:`stages.fit.ridge_features`, shared with prediction).
+
+The result is a :class:`~stages.fit.coefficients.RidgeFit`: it also keeps each vertex's
+read-out in the feature space of its chosen model (weights, intercept, the features'
+normalisation), grouped by the blocks it reads, so the fit predicts new images
+(:mod:`stages.fit.coefficients`, :mod:`stages.fit.ridge_predictor`). Only the current best
+candidate's weights of each vertex are held while the candidates are tried.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cache.errors import ConfigError
 from cache.jsondata import to_json_data
 from cache.provenance import environment_record
 from cache.store import FeatureStore
 from stages.device import resolve_device
+from stages.fit.coefficients import Block, ReadoutGroup, RidgeCoefficients, RidgeFit
 from stages.fit.config import check_float
 from stages.fit.inputs import check_inputs, store_model_id
 from stages.fit.outputs import score_columns, score_replicates, score_summary, vertex_columns
-from stages.fit.result import FitResult
+from stages.fit.ridge_features import FEATURE_SETS, Normalisation, batch_features
 from stages.fit.ridge_solver import (
     KernelSpectrum, choose_alphas, loo_errors, loo_residuals, predict, spectrum_from_features, spectrum_from_kernel,
 )
@@ -56,7 +62,6 @@ from stages.fit.layer_confidence import N_RESAMPLES, LayerBootstrap
 from stages.subject import Subject
 
 METHODS = ("ridge", "banded-ridge")
-FEATURE_SETS = ("global", "local")
 EVAL_SPLITS = ("val", "test")
 
 
@@ -117,14 +122,27 @@ class RidgeConfig:
             raise ConfigError(f"banded_samples must be >= 0, got {self.banded_samples}")
 
 
+#: A candidate's read-out weights for some of its vertices: (vertex columns, alphas) -> float32 (n_columns, n_features).
+Readout = Callable[[torch.Tensor, torch.Tensor], np.ndarray]
+#: Vertices whose read-out weights are computed at once (bounds the float64 temporaries).
+WEIGHT_CHUNK = 4096
+
+
 @dataclass
 class _Best:
-    """Running per-vertex best candidate: its score, alpha, index and held-out predictions."""
+    """Running per-vertex best candidate: its score, alpha, index, held-out predictions and read-out weights.
+
+    ``weights[c]`` = (vertices, float32 weights of shape (n, n_features)) of the vertices candidate ``c``
+    currently wins; a vertex won by a later candidate leaves its earlier group, so only one weight row per vertex
+    is ever held. ``blocks[c]`` are the feature blocks candidate ``c`` reads.
+    """
 
     score: np.ndarray
     alpha: np.ndarray
     candidate: np.ndarray
     predictions: dict[str, np.ndarray]
+    weights: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    blocks: dict[int, tuple[Block, ...]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, n_vertices: int, eval_sizes: dict[str, int]) -> "_Best":
@@ -133,19 +151,52 @@ class _Best:
                                                                     for name, size in eval_sizes.items()})
 
     def update(self, index: int, score: np.ndarray, alpha: torch.Tensor, spectrum: KernelSpectrum,
-               cross: dict[str, torch.Tensor], targets: torch.Tensor, target_mean: np.ndarray) -> None:
+               cross: dict[str, torch.Tensor], targets: torch.Tensor, target_mean: np.ndarray, *,
+               blocks: tuple[Block, ...], readout: Readout) -> None:
         better = score > self.score
         if not better.any():
             return
+        for previous in np.unique(self.candidate[better]):
+            if previous in self.weights:
+                vertices, weights = self.weights[previous]
+                keep = ~better[vertices]
+                self.weights[previous] = (vertices[keep], weights[keep])
         self.score[better], self.alpha[better] = score[better], alpha.cpu().numpy()[better]
         self.candidate[better] = index
         columns = torch.as_tensor(np.nonzero(better)[0], device=targets.device)
         for name, projected in cross.items():
             values = predict(spectrum, projected, targets[:, columns], alpha[columns]).cpu().numpy()
             self.predictions[name][:, better] = values + target_mean[better]
+        self.weights[index] = (np.nonzero(better)[0], readout(columns, alpha[columns]))
+        self.blocks[index] = blocks
+
+    def coefficients(self, *, grid: int, local_pool: int, intercept: np.ndarray,
+                     normalisations: dict[Block, Normalisation]) -> RidgeCoefficients:
+        """The winners' read-outs, one group per distinct set of blocks read (see ``stages.fit.coefficients``)."""
+        by_blocks: dict[tuple[Block, ...], list[tuple[np.ndarray, np.ndarray]]] = {}
+        for index, (vertices, weights) in sorted(self.weights.items()):
+            if len(vertices):
+                by_blocks.setdefault(self.blocks[index], []).append((vertices, weights))
+        groups = tuple(ReadoutGroup(vertices=np.concatenate([v for v, _ in parts]), blocks=blocks,
+                                    weights=np.concatenate([w for _, w in parts]))
+                       for blocks, parts in by_blocks.items())
+        used = {block for group in groups for block in group.blocks}
+        return RidgeCoefficients(grid=grid, local_pool=local_pool, intercept=np.asarray(intercept, np.float64),
+                                 normalisations={block: norm for block, norm in normalisations.items()
+                                                 if block in used}, groups=groups)
 
 
-def fit_ridge(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> FitResult:
+def _chunked(compute: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Readout:
+    """A :data:`Readout` from ``compute(columns, alphas) -> (n_features, n_columns)``, run :data:`WEIGHT_CHUNK`
+    vertices at a time and returned as float32 rows."""
+    def readout(columns: torch.Tensor, alphas: torch.Tensor) -> np.ndarray:
+        parts = [compute(columns[start:start + WEIGHT_CHUNK], alphas[start:start + WEIGHT_CHUNK]).T.float().cpu()
+                 for start in range(0, len(columns), WEIGHT_CHUNK)]
+        return torch.cat(parts).numpy()
+    return readout
+
+
+def fit_ridge(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> RidgeFit:
     """Fit a ridge baseline (``cfg.method``) to ``subject`` from ``store``; see the module docs.
 
     Raises:
@@ -158,11 +209,11 @@ def fit_ridge(store: FeatureStore, subject: Subject, cfg: RidgeConfig) -> FitRes
 
 
 def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, layer_indices: Sequence[int],
-         grid: int, device: torch.device) -> FitResult:
+         grid: int, device: torch.device) -> RidgeFit:
     """``cfg.method`` fitted on checked inputs: the store ``layer_indices`` at ``grid``, solved on ``device``."""
     method = cfg.method
-    features = _features(store, subject, layer_indices=layer_indices, grid=grid, local_pool=cfg.local_pool,
-                         batch_size=cfg.batch_size)
+    features, normalisations = _features(store, subject, layer_indices=layer_indices, grid=grid,
+                                         local_pool=cfg.local_pool, batch_size=cfg.batch_size)
     layer_names = tuple(store.layer_names[i] for i in layer_indices)
     features = {name: [block.to(device) for block in blocks] for name, blocks in features.items()}
     train = subject.splits["train"]
@@ -175,11 +226,11 @@ def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, layer_indic
     best = _Best.empty(subject.n_vertices, {name: len(rows) for name, rows in evals.items()})
     n_layers = len(layer_names)
 
-    def consider(index: int, spectrum: KernelSpectrum, cross: dict[str, torch.Tensor]
-                 ) -> tuple[np.ndarray, torch.Tensor]:
+    def consider(index: int, spectrum: KernelSpectrum, cross: dict[str, torch.Tensor], blocks: tuple[Block, ...],
+                 readout: Readout) -> tuple[np.ndarray, torch.Tensor]:
         alpha, error = choose_alphas(loo_errors(spectrum, targets, alphas), alphas)
         score = 1.0 - error.cpu().numpy() / variance
-        best.update(index, score, alpha, spectrum, cross, targets, target_mean)
+        best.update(index, score, alpha, spectrum, cross, targets, target_mean, blocks=blocks, readout=readout)
         return score, alpha
 
     extra: dict[str, np.ndarray] = {}
@@ -194,7 +245,9 @@ def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, layer_indic
                 block = features[name][layer].double()
                 spectrum, projection = spectrum_from_features(block[train])
                 cross = {split: block[rows] @ projection for split, rows in evals.items()}
-                score, alpha = consider(set_index * n_layers + layer, spectrum, cross)
+                primal = _chunked(lambda columns, alpha, spectrum=spectrum, projection=projection:
+                                  predict(spectrum, projection, targets[:, columns], alpha))
+                score, alpha = consider(set_index * n_layers + layer, spectrum, cross, ((name, layer),), primal)
                 if bootstrap is not None:   # each vertex's errors from the feature set that scores best there
                     these = loo_residuals(spectrum, targets, alpha) ** 2
                     wins = torch.as_tensor(score > scores[:, layer].max(axis=0), device=device)
@@ -211,7 +264,7 @@ def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, layer_indic
         if bootstrap is not None:
             extra.update(bootstrap.sets().columns(per_layer.argmax(axis=1)))
     else:
-        bands = [_band(features, layer, cfg.banded_features) for layer in range(n_layers)]
+        bands = [_band(features, layer, cfg) for layer in range(n_layers)]
         kernels = [band[train] @ band[train].T for band in bands]
         crosses = {split: [band[rows] @ band[train].T for band in bands] for split, rows in evals.items()}
         gammas = _band_weights(n_layers, cfg.banded_samples, cfg.seed)
@@ -219,42 +272,55 @@ def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, layer_indic
             spectrum = spectrum_from_kernel(sum(g * k for g, k in zip(gamma.tolist(), kernels)))
             cross = {split: sum(g * k for g, k in zip(gamma.tolist(), blocks)) @ spectrum.basis
                      for split, blocks in crosses.items()}
-            consider(index, spectrum, cross)
+            read = [layer for layer, g in enumerate(gamma.tolist()) if g > 0]
+            consider(index, spectrum, cross, tuple(block for layer in read for block in _band_blocks(layer, cfg)),
+                     _chunked(lambda columns, alpha, spectrum=spectrum, gamma=gamma, read=read: torch.cat([
+                         gamma[layer] * _band_factor(cfg) * bands[layer][train].T
+                         @ predict(spectrum, spectrum.basis, targets[:, columns], alpha) for layer in read])))
         weights = gammas[best.candidate].numpy()
         scale = np.full(subject.n_vertices, {"global": 1.0, "local": 0.0, "both": np.nan}[cfg.banded_features],
                         dtype=np.float32)
-    return _result(store, subject, cfg, method, layer_names, weights, scale, best, extra, evals)
+    coefficients = best.coefficients(grid=grid, local_pool=cfg.local_pool, intercept=target_mean,
+                                     normalisations=normalisations)
+    return _result(store, subject, cfg, method, layer_names, weights, scale, best, extra, evals, coefficients)
 
 
 def _features(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], grid: int, local_pool: int,
-              batch_size: int) -> dict[str, list[torch.Tensor]]:
-    """Normalised features per set and layer, tensors of shape (n_images, n_features_l), in subject row order."""
+              batch_size: int) -> tuple[dict[str, list[torch.Tensor]], dict[Block, Normalisation]]:
+    """Normalised features per set and layer, tensors of shape (n_images, n_features_l) in subject row order, and
+    each block's normalisation (``stages.fit.ridge_features``), keyed by (set, layer position)."""
     blocks: dict[str, list[list[torch.Tensor]]] = {name: [[] for _ in layer_indices] for name in FEATURE_SETS}
     order = []
     for batch in store.iter_batches(list(subject.stimulus_ids), batch_size=batch_size, grid=grid):
         order.append(batch.positions)
-        for slot, layer in enumerate(layer_indices):
-            blocks["global"][slot].append(torch.as_tensor(batch.global_[layer], dtype=torch.float32))
-            pooled = F.adaptive_avg_pool2d(torch.as_tensor(batch.local[layer], dtype=torch.float32), local_pool)
-            blocks["local"][slot].append(pooled.flatten(1))
+        for name, per_layer in batch_features(batch, layer_indices, local_pool=local_pool).items():
+            for slot, values in enumerate(per_layer):
+                blocks[name][slot].append(values)
     inverse = np.argsort(np.concatenate(order))
     train = subject.splits["train"]
-    return {name: [_normalise(torch.cat(parts)[inverse], train) for parts in per_layer]
-            for name, per_layer in blocks.items()}
+    features: dict[str, list[torch.Tensor]] = {name: [] for name in FEATURE_SETS}
+    normalisations = {}
+    for name, per_layer in blocks.items():
+        for slot, parts in enumerate(per_layer):
+            block = torch.cat(parts)[inverse]
+            normalisations[(name, slot)] = Normalisation.learn(block, train)
+            features[name].append(normalisations[(name, slot)].apply(block))
+    return features, normalisations
 
 
-def _normalise(block: torch.Tensor, train: np.ndarray) -> torch.Tensor:
-    """z-score columns with training statistics, divide by sqrt(n_columns); float32 (n_images, n_columns)."""
-    mean, std = block[train].double().mean(dim=0), block[train].double().std(dim=0)
-    scaled = (block.double() - mean) / torch.where(std > 0, std, torch.ones_like(std)) / np.sqrt(block.shape[1])
-    return scaled.float()
+def _band(features: dict[str, list[torch.Tensor]], layer: int, cfg: RidgeConfig) -> torch.Tensor:
+    """One layer's band of features, float64 (n_images, n_features): its blocks side by side, times the band factor."""
+    return torch.cat([features[name][layer] for name, _ in _band_blocks(layer, cfg)], dim=1).double() * _band_factor(cfg)
 
 
-def _band(features: dict[str, list[torch.Tensor]], layer: int, which: str) -> torch.Tensor:
-    """One layer's band of features, float64 (n_images, n_features)."""
-    if which == "both":
-        return torch.cat([features["global"][layer], features["local"][layer]], dim=1).double() / np.sqrt(2.0)
-    return features[which][layer].double()
+def _band_blocks(layer: int, cfg: RidgeConfig) -> tuple[Block, ...]:
+    """The feature blocks of one layer's band, in the band's column order."""
+    return (("global", layer), ("local", layer)) if cfg.banded_features == "both" else ((cfg.banded_features, layer),)
+
+
+def _band_factor(cfg: RidgeConfig) -> float:
+    """What :func:`_band` multiplies the normalised features by (folded into the stored weights)."""
+    return 1.0 / np.sqrt(2.0) if cfg.banded_features == "both" else 1.0
 
 
 def _band_weights(n_layers: int, n_samples: int, seed: int) -> torch.Tensor:
@@ -282,7 +348,7 @@ def score_targets(scores: np.ndarray, *, temperature: float) -> np.ndarray:
 
 def _result(store: FeatureStore, subject: Subject, cfg: RidgeConfig, method: str, layer_names: tuple[str, ...],
             weights: np.ndarray, scale: np.ndarray, best: _Best, extra: dict[str, np.ndarray],
-            evals: dict[str, np.ndarray]) -> FitResult:
+            evals: dict[str, np.ndarray], coefficients: RidgeCoefficients) -> RidgeFit:
     responses = np.asarray(subject.responses, dtype=np.float64)
     vertices = vertex_columns(subject, weights)
     nan = np.full(subject.n_vertices, np.nan, dtype=np.float32)
@@ -299,6 +365,6 @@ def _result(store: FeatureStore, subject: Subject, cfg: RidgeConfig, method: str
                   "subject": {"name": subject.name, "source": dict(subject.source), "split_seed": subject.split_seed,
                               "n_images": subject.n_images, "n_vertices": subject.n_vertices, "mesh": subject.mesh},
                   "seed": cfg.seed}
-    return FitResult(method=method, subject=subject.name, model=store_model_id(store), layer_names=layer_names,
-                     vertices=vertices, metrics=metrics, config=to_json_data(cfg), provenance=provenance,
-                     replicates=score_replicates(best.predictions, held_out, seed=cfg.seed))
+    return RidgeFit(method=method, subject=subject.name, model=store_model_id(store), layer_names=layer_names,
+                    vertices=vertices, metrics=metrics, config=to_json_data(cfg), provenance=provenance,
+                    replicates=score_replicates(best.predictions, held_out, seed=cfg.seed), coefficients=coefficients)

@@ -1,8 +1,8 @@
 """In-silico prediction: a finished fit predicts new images like the planted mechanism, CLI = API, refusals.
 
-One module-scoped run root: a smooth random store of model ``fake`` (200 images), synthetic subject 1
-planted on it, a short FactorTopy fit, and a store of 40 new images from the same feature distribution
-that the fit never saw.
+One module-scoped run root (``insilico_world``): a smooth random store of model ``fake`` (200 images),
+synthetic subject 1 planted on it, a short FactorTopy fit, and a store of 40 new images from the same
+feature distribution that the fit never saw. Ridge, banded ridge and joint fits: ``test_predict_methods.py``.
 """
 
 from __future__ import annotations
@@ -15,42 +15,31 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from builders import SYNTHETIC_FEATURES, image_folder, random_store
+from builders import SYNTHETIC_FEATURES, random_store
 from cache.errors import IncompleteStoreError, InvalidInputError, StoreMismatchError
 from cache.folder import chunk_file
 from cache.store import FeatureStore
 from pipeline import cli, runroot
 from pipeline.api import load_fit, open_store
 from pipeline.insilico import image_files
-from pipeline.subjects.algonauts import read_algonauts
-from pipeline.synthetic.config import SyntheticConfig
-from pipeline.synthetic.generate import synthesize_subject
+from pipeline.preferred import CLUSTER_TABLE, channel_clusters
 from pipeline.synthetic.noise_free import noise_free_responses, planted_mechanism
 from pipeline.synthetic.planting import plant_maps
 from pipeline.synthetic.geometry import build_region
 from pipeline.synthetic.responses import generate_signal
 from stages.fit.config import FitConfig
 from stages.fit.metrics import pearson_r, r2_score
-from stages.fit.ridge import RidgeConfig, fit_ridge
 from stages.fit.train import fit_factortopy
-
-SYNTH = SyntheticConfig(vertices_per_hemisphere=60, noise_ceiling=0.8, batch_size=64)
+from insilico_world import SYNTH, build_world
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Run root, training store, new-image store, subject, and the fit folder."""
-    root = tmp_path_factory.mktemp("insilico") / "runs"
-    store = random_store(runroot.feature_store_path(root, "demo", "fake"), n_images=200, **SYNTHETIC_FEATURES)
-    novel = random_store(runroot.feature_store_path(root, "novel", "fake"), n_images=40, seed=7, **SYNTHETIC_FEATURES)
-    files = image_folder(root / "imagesets" / "demo", store.image_ids.tolist())
-    synthesize_subject(store, files, runroot.synthetic_root(root), 1, cfg=SYNTH, seed=0, model="fake")
-    subject = read_algonauts(runroot.synthetic_root(root), 1, reader="synthetic")
-    result = fit_factortopy(store, subject, FitConfig(epochs=3, warm_start="none", device="cpu"),
+    world = build_world(tmp_path_factory.mktemp("insilico") / "runs")
+    result = fit_factortopy(world["store"], world["subject"], FitConfig(epochs=3, warm_start="none", device="cpu"),
                             checkpoint_dir=None, progress=False)
-    folder = runroot.fit_dir(root, "fake", subject.name)
-    result.save(folder)
-    return {"root": root, "store": store, "novel": novel, "subject": subject, "fit": folder}
+    return {**world, "fit": result.save(runroot.fit_dir(world["root"], "fake", world["subject"].name))}
 
 
 def test_the_rebuilt_read_out_is_the_fits_own(world: dict) -> None:
@@ -149,10 +138,6 @@ def test_bad_inputs_end_in_one_line(world: dict, tmp_path: Path, capsys: pytest.
         image_files([tmp_path / "absent.png"], run_root=tmp_path)
     with pytest.raises(InvalidInputError, match="records no model id"):   # the fake store has no recipe to extract by
         fit.predict(np.zeros((2, 20, 20, 3), dtype=np.uint8))
-    ridge = fit_ridge(world["store"], world["subject"], RidgeConfig(layer_resamples=0))
-    ridge.save(tmp_path / "ridge")
-    with pytest.raises(InvalidInputError, match="ridge fit.*cannot predict"):
-        load_fit(tmp_path / "ridge").predict(store=world["novel"].path)
     for flags in (["--block-mb", "0"], ["--block-mb", "nan"]):
         code = cli.main(["--run-root", str(world["root"]), "predict", "--fit", str(world["fit"]), "--store",
                          str(world["novel"].path), *flags])
@@ -171,22 +156,35 @@ def test_the_store_view_is_xarray(world: dict) -> None:
     assert isinstance(FeatureStore.open(world["novel"].path), FeatureStore)
 
 
-def test_the_roi_ranking_follows_the_planted_mechanism(world: dict, tmp_path: Path) -> None:
-    """bddn preferred ranks the new images per ROI; its ranking agrees with the ranking by the planted
-    mechanism's noise-free ROI means (Spearman per ROI), and the page shows the ends of each ranking."""
+def test_the_roi_and_cluster_rankings_follow_the_planted_mechanism(world: dict, tmp_path: Path) -> None:
+    """bddn preferred ranks the new images per ROI and per channel cluster; each ranking agrees with the ranking
+    by the planted mechanism's noise-free means over the same vertices (Spearman), the cluster means are the
+    predictions averaged over the report's clusters, and the page shows the ends of each ranking."""
     out = tmp_path / "preferred"
     assert cli.main(["--run-root", str(world["root"]), "preferred", "--fit", str(world["fit"]), "--store",
                      str(world["novel"].path), "--top", "3", "--out", str(out)]) == 0
     ranking = pd.read_parquet(out / "preferred.parquet")
+    clusters = pd.read_parquet(out / CLUSTER_TABLE)
     mechanism = planted_mechanism(runroot.synthetic_root(world["root"]) / "subj01", world["store"])
     truth = noise_free_responses(mechanism, world["novel"], ranking.index.tolist())
-    rois = load_fit(world["fit"]).maps["roi"].to_numpy()
+    fit = load_fit(world["fit"])
+    rois = fit.maps["roi"].to_numpy()
     rho = {roi: spearmanr(ranking[roi], truth[:, rois == roi].mean(axis=1))[0]
            for roi in sorted(set(rois) - {""})}
     print("Spearman per ROI of the predicted and the planted ranking: "
           + ", ".join(f"{roi} {value:.2f}" for roi, value in rho.items()))
     assert set(rho) == set(ranking.columns) - {f"rank_{roi}" for roi in rho}
     assert np.median(list(rho.values())) > 0.3 and min(rho.values()) > 0
+    labels = channel_clusters(world["fit"], fit.result.n_vertices)
+    names = sorted(set(labels))
+    predicted = fit.predict(store=world["novel"].path).set_index(image="image_id").sel(image=clusters.index).values
+    assert np.allclose(clusters[names].to_numpy(), np.stack([predicted[:, labels == name].mean(axis=1)
+                                                             for name in names], axis=1), atol=1e-5)
+    cluster_rho = [spearmanr(clusters[name], truth[:, labels == name].mean(axis=1))[0] for name in names]
+    print(f"Spearman per channel cluster ({len(names)}): median {np.median(cluster_rho):.2f}, "
+          f"min {min(cluster_rho):.2f}")
+    assert len(names) == 20 and np.median(cluster_rho) > 0.3
     page = (out / "index.html").read_text()
     best = ranking["V1v"].idxmax()
-    assert page.count("<section>") == len(rho) and best in page and (ranking["rank_V1v"][best] == 1)
+    assert page.count("<section>") == len(rho) + len(names) and best in page and (ranking["rank_V1v"][best] == 1)
+    assert "Channel clusters" in page and clusters[names[0]].idxmax() in page
