@@ -14,8 +14,8 @@ SUBJECTS ?= 1 2 3
 DATA     ?= synthetic
 ROOT     ?=
 METHOD   ?= factortopy
-MODELS   ?= mobilenet_v2 efficientnet_lite0
-METHODS  ?= ridge
+MODELS   ?= mobilenet_v2 efficientnet_lite0 dinov2_small_imgfocus
+METHODS  ?= factortopy ridge
 ARGS     ?=
 PYTEST_ARGS ?= --runslow -n 2
 
@@ -33,7 +33,7 @@ help:
 	@echo "make fit SUBJECT=1 [MODEL=..] [DATA=algonauts ROOT=dir] [METHOD=ridge]   stage two"
 	@echo "make fit-joint [SUBJECTS='1 2 3']   stage two, subjects fitted jointly (shared selectors)"
 	@echo "make figures                   stage three: maps, tables, runs/figures/index.html"
-	@echo "make sweep MODELS='mobilenet_v2 efficientnet_lite0' SUBJECTS='1 2 3' METHODS=ridge   models x subjects on dask"
+	@echo "make sweep [MODELS='mobilenet_v2 efficientnet_lite0 dinov2_small_imgfocus'] [METHODS='factortopy ridge']   models x subjects x methods on dask"
 	@echo "make bench                     benchmarks under bench/"
 
 setup: $(STAMP)

@@ -66,6 +66,26 @@ def planted_fit(*, seed: int = 0, subject: str = "subj01", model: str = "toy", s
                      metrics={"mean_r2_test": 0.3}, config={"seed": seed}, provenance={"note": "test"})
 
 
+def ranked_fit(n_layers: int, *, seed: int = 0, n_vertices: int = 60, model: str = "net",
+             subject: str = "subj01") -> FitResult:
+    """A fit of ``n_vertices`` vertices in V1, V2, V3, V4, FFA and no ROI whose layer weights deepen along that
+    order, plus noise."""
+    rng = np.random.default_rng(seed)
+    areas = np.array(["V1v", "V2d", "V3v", "hV4", "FFA-1", ""])[np.arange(n_vertices) % 6]
+    target = (np.arange(n_vertices) % 6) / 5 * (n_layers - 1) + rng.normal(0, 1.0, n_vertices)
+    logits = -((np.arange(n_layers)[None, :] - target[:, None]) ** 2) / 2
+    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    vertices = {"vertex": np.arange(n_vertices), "hemisphere": np.where(np.arange(n_vertices) % 2, "rh", "lh"),
+                "fsaverage_index": np.arange(n_vertices, dtype=np.int64), "roi": areas,
+                "space_x": np.zeros(n_vertices, np.float32), "space_y": np.zeros(n_vertices, np.float32),
+                "scale": rng.uniform(0, 1, n_vertices).astype(np.float32)}
+    vertices.update({layer_weight_column(i): weights[:, i].astype(np.float32) for i in range(n_layers)})
+    vertices.update(layer_summary(weights))
+    return FitResult(method="factortopy", subject=subject, model=model,
+                     layer_names=tuple(f"block{i}" for i in range(n_layers)), vertices=vertices)
+
+
 def browser_tools() -> tuple[str, str] | None:
     """Paths of a Chromium binary and chromedriver, or None when either is missing."""
     import shutil

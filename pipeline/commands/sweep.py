@@ -16,7 +16,7 @@ from pipeline.subjects.assemble import subject_label
 from pipeline.subjects.locate import subject_image_folders
 from pipeline.sweep.execute import default_workers, open_client, printer, submit_tasks, uses_gpu
 from pipeline.sweep.identity import is_up_to_date
-from pipeline.sweep.plan import SWEEP_METHODS, SweepRequest, Task, data_root, plan_tasks, sweep_dir
+from pipeline.sweep.plan import DEFAULT_METHODS, DEFAULT_MODELS, SWEEP_METHODS, SweepRequest, Task, data_root, plan_tasks, sweep_dir
 from pipeline.sweep.report import write_sweep_report
 from pipeline.sweep.table import build_table, write_table
 from pipeline.sweep.tasks import TaskContext, base_row, task_identity
@@ -30,13 +30,13 @@ HELP = ("many models x subjects x methods as one resumable job on dask.distribut
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bddn sweep``."""
     grid = parser.add_argument_group("grid")
-    grid.add_argument("--models", nargs="+", default=[runroot.DEFAULT_MODEL], metavar="MODEL",
-                      help=f"registry names (see `bddn models`) (default {runroot.DEFAULT_MODEL})")
+    grid.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), metavar="MODEL",
+                      help=f"registry names (see `bddn models`) (default {' '.join(DEFAULT_MODELS)})")
     grid.add_argument("--subjects", nargs="+", default=["1", "2", "3"], metavar="SUBJECT",
                       help="subject numbers (1 -> subj01) or names (default 1 2 3)")
-    grid.add_argument("--methods", nargs="+", default=["factortopy"], metavar="METHOD",
+    grid.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), metavar="METHOD",
                       help=f"fit methods, from {', '.join(SWEEP_METHODS)} (joint: one FactorTopy fit of all subjects "
-                           "per model) (default factortopy)")
+                           f"per model) (default {' '.join(DEFAULT_METHODS)})")
     grid.add_argument("--name", default="default", help="the sweep's name: its folder <run root>/sweeps/<name>/")
     data = parser.add_argument_group("data")
     data.add_argument("--data", default="synthetic", choices=[reader.name for reader in list_subject_readers()],

@@ -42,6 +42,7 @@ from stages.mesh import CorticalMesh
 from stages.report.clusters import cluster_channels
 from stages.report.compare import average_fits, fit_label, render_comparison_grid, render_difference
 from stages.report.config import ReportConfig, with_space_extent
+from stages.report.depth import comparison_maps
 from stages.report.export import write_gifti_maps
 from stages.report.figures import iter_fit_figures
 from stages.report.html import PageFigure, PageSection, PageTable, render_page
@@ -217,8 +218,9 @@ def _write_overview(root: Path, inputs: Sequence[ReportInput], scores: pd.DataFr
     if not scores.empty:
         tables.append(PageTable("Hierarchy scores", scores, _relative(root, save_table(scores, root / "hierarchy_scores"))))
     fits = [item.fit for item in inputs]
+    maps = comparison_maps(fits)
     figures.append(_page_figure(root, "comparison", "rows = fits, columns = maps",
-                                render_comparison_grid(fits, flat, resolution=cfg.resolution // 2,
+                                render_comparison_grid(fits, flat, maps=maps, resolution=cfg.resolution // 2,
                                                        space_extent=cfg.space_extent),
                                 root / "comparison", cfg))
     groups: dict[tuple[str, str], list] = defaultdict(list)
@@ -228,7 +230,8 @@ def _write_overview(root: Path, inputs: Sequence[ReportInput], scores: pd.DataFr
     averages = list(averaged.values())
     if averages:
         figures.append(_page_figure(root, "subject averages", "per model, averaged per fsaverage vertex",
-                                    render_comparison_grid(averages, flat, resolution=cfg.resolution // 2,
+                                    render_comparison_grid(averages, flat, maps=maps,
+                                                           resolution=cfg.resolution // 2,
                                                            space_extent=cfg.space_extent),
                                     root / "average" / "averages", cfg))
         for (model, method), average in averaged.items() if meshes is not None else ():

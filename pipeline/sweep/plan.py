@@ -25,6 +25,11 @@ from pipeline.subjects.locate import subject_image_folders
 
 #: Methods a sweep fits: the fit command's methods, plus ``joint`` (FactorTopy over all subjects at once).
 SWEEP_METHODS = ("factortopy", "ridge", "banded-ridge", "joint")
+#: The default grid's networks: the three real networks that run offline (two CNNs of 19 and 17 layers, a
+#: 12-block vision transformer), compared in relative depth by the sweep's report.
+DEFAULT_MODELS = ("mobilenet_v2", "efficientnet_lite0", "dinov2_small_imgfocus")
+#: The default grid's methods: FactorTopy and its ridge baseline on the same splits.
+DEFAULT_METHODS = ("factortopy", "ridge")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from stages.report.summaries import HierarchyScore
 def render_roi_summary(summary: pd.DataFrame, layer_names: Sequence[str], *, score: HierarchyScore | None = None,
                        title: str = "", axes: Sequence[Axes] | None = None) -> Figure:
     """Left: heat map of each area's mean layer weights (rows in hierarchy order). Right: each
-    area's mean selected layer with its SD across vertices, coloured like the layer map.
+    area's mean selected layer with its SD across vertices, coloured like the layer map, with a
+    relative-depth axis on top (0 first layer, 1 last) that reads alike for networks of any depth.
 
     Args:
         summary: from :func:`stages.report.summaries.summarise_rois`.
@@ -58,6 +59,10 @@ def render_roi_summary(summary: pd.DataFrame, layer_names: Sequence[str], *, sco
     layer_ax.set_yticks(positions, labels, fontsize=7)
     layer_ax.set_ylim(len(summary) - 0.5, -0.5)
     layer_ax.set_xlim(-0.5, n_layers - 0.5)
+    span = max(n_layers - 1, 1)
+    depth_axis = layer_ax.secondary_xaxis("top", functions=(lambda x: x / span, lambda d: d * span))
+    depth_axis.set_xlabel("relative depth (layer / (layers - 1))", fontsize=7)
+    depth_axis.tick_params(labelsize=6)
     layer_ax.set_xlabel(label, fontsize=8)
     layer_ax.grid(axis="x", alpha=0.3)
     heading = title

@@ -77,12 +77,15 @@ def draw_legend(ax: Axes, vertex_map: VertexMap, *, layer_names: Sequence[str]) 
 
 
 def draw_layer_legend(ax: Axes, layer_names: Sequence[str]) -> None:
-    """The layer map's 2-D colour bar: layer along x, normalised entropy along y (0 at the top)."""
-    image = layer_colour_bar(len(layer_names))
-    ax.imshow(image, aspect="auto", extent=(-0.5, len(layer_names) - 0.5, 1.0, 0.0), interpolation="nearest")
-    ax.set_xticks([0, len(layer_names) - 1], ["first", "last"], fontsize=5)
+    """The layer map's 2-D colour bar: layer along x, ticked in relative depth (0 first layer, 1 last: the hue
+    scale every network shares), normalised entropy along y (0 at the top)."""
+    n_layers = len(layer_names)
+    image = layer_colour_bar(n_layers)
+    ax.imshow(image, aspect="auto", extent=(-0.5, n_layers - 0.5, 1.0, 0.0), interpolation="nearest")
+    depths = (0.0, 0.5, 1.0) if n_layers > 1 else (0.0,)
+    ax.set_xticks([depth * (n_layers - 1) for depth in depths], [f"{depth:g}" for depth in depths], fontsize=5)
     ax.set_yticks([0, 1], ["0", "1"], fontsize=5)
-    ax.set_xlabel("layer", fontsize=6, labelpad=1)
+    ax.set_xlabel(f"relative depth ({n_layers} layers)", fontsize=6, labelpad=1)
     ax.set_ylabel("entropy", fontsize=6, labelpad=1)
 
 

@@ -1,7 +1,7 @@
 """The per-vertex maps of method.md, as data: what to paint for each fit and how.
 
 A :class:`VertexMap` holds one value (or colour) per fit vertex plus its colour scale and
-legend; :func:`fit_maps` lists every map a fit supports (layer, layer confidence and
+legend; :func:`fit_maps` lists every map a fit supports (layer, relative depth, layer confidence and
 layer-set size, space, scale, scores, significance, channel clusters when read-out weights
 are available), optionally restricted to the vertices significant at a false discovery rate. The renderers in
 :mod:`stages.report.figures` draw them; :mod:`stages.report.export` writes their values.
@@ -17,9 +17,10 @@ import numpy as np
 from cache.errors import InvalidInputError
 from stages.fit.result import FitResult
 from stages.report.colours import (
-    CONFIDENCE_CMAP, LAYER_WEIGHT_CMAP, SCALE_CMAP, SCORE_CMAP, SET_SIZE_CMAP, SIGNIFICANCE_CMAP, cluster_colours,
-    layer_colours, space_colours,
+    CONFIDENCE_CMAP, LAYER_CMAP, LAYER_WEIGHT_CMAP, SCALE_CMAP, SCORE_CMAP, SET_SIZE_CMAP, SIGNIFICANCE_CMAP,
+    cluster_colours, layer_colours, space_colours,
 )
+from stages.report.depth import DEPTH_COLUMN, DEPTH_RANGE, fit_relative_depth
 
 #: Score columns drawn as maps (when the fit has them) and their titles.
 SCORE_MAPS = {"r2_test": "R² (test)", "r2_val": "R² (validation)", "r2_test_nc": "noise-normalised R² (test)",
@@ -66,7 +67,8 @@ class VertexMap:
 
 def fit_maps(fit: FitResult, *, clusters: np.ndarray | None = None, space_extent: float = 1.0,
              alpha: float | None = None) -> list[VertexMap]:
-    """Every map of ``fit``: layer, layer confidence and layer-set size (fits with layer sets), space, scale,
+    """Every map of ``fit``: layer, relative depth (:mod:`stages.report.depth`: the expected layer on the fixed
+    0..1 scale every network shares), layer confidence and layer-set size (fits with layer sets), space, scale,
     each score column present, significance (fits with q-values), channel clusters.
 
     Args:
@@ -80,7 +82,8 @@ def fit_maps(fit: FitResult, *, clusters: np.ndarray | None = None, space_extent
     v = fit.vertices
     n_layers = len(fit.layer_names)
     maps = [VertexMap("layer", "layer (hue: argmax layer; dark: high entropy)", np.asarray(v["layer_argmax"], float),
-                      colours=layer_colours(v["layer_argmax"], v["layer_entropy"], n_layers), legend="layer")]
+                      colours=layer_colours(v["layer_argmax"], v["layer_entropy"], n_layers), legend="layer"),
+            depth_map(fit)]
     if "layer_confidence" in v:
         maps.append(VertexMap("layer_confidence", "layer confidence (share of bootstrap resamples where the shown "
                               "layer is best)", np.asarray(v["layer_confidence"], float), cmap=CONFIDENCE_CMAP,
@@ -124,6 +127,13 @@ def _masked(vertex_map: VertexMap, keep: np.ndarray, alpha: float) -> VertexMap:
                                title=f"{vertex_map.title} [q ≤ {alpha:g}: {int(keep.sum())} of {len(keep)} vertices]")
 
 
+def depth_map(fit: FitResult) -> VertexMap:
+    """The relative depth of each vertex's expected layer, coloured like the layer map on the fixed 0..1 scale."""
+    return VertexMap(DEPTH_COLUMN, f"relative depth (expected layer / {max(len(fit.layer_names) - 1, 1)})",
+                     fit_relative_depth(fit), cmap=LAYER_CMAP, vmin=DEPTH_RANGE[0], vmax=DEPTH_RANGE[1],
+                     label="relative depth")
+
+
 def layer_weight_maps(fit: FitResult) -> list[VertexMap]:
     """One ``inferno`` 0..1 map per layer: that layer's softmax weight at each vertex."""
     weights = fit.layer_weights
@@ -138,6 +148,7 @@ def scalar_exports(fit: FitResult, *, clusters: np.ndarray | None = None) -> dic
     names = ["layer_argmax", "layer_entropy", "layer_mean", "layer_confidence", "layer_set_size", "space_x", "space_y",
              "scale", *SCORE_MAPS, "p_value", "q_value"]
     exports = {name: np.asarray(v[name], dtype=np.float32) for name in names if name in v}
+    exports[DEPTH_COLUMN] = fit_relative_depth(fit).astype(np.float32)
     exports.update({m.name: m.values.astype(np.float32) for m in layer_weight_maps(fit)})
     if clusters is not None:
         exports["clusters"] = np.asarray(clusters, dtype=np.float32)

@@ -24,6 +24,10 @@ Every mean comes with a bootstrap interval (:mod:`stages.report.intervals`): sel
 vertices within areas, test R^2 over test images, the hierarchy score over vertices within
 areas. With ``alpha``, only vertices whose prediction is significant at that false discovery
 rate (``q_value <= alpha``) are summarised.
+
+The score is **depth-invariant**: computed on relative depths (layer / (n_layers - 1)) instead of
+layer indices it is the same number, since that rescaling keeps the areas' ranks; scores of
+networks with different numbers of layers compare directly (:mod:`stages.report.depth`).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from stages.fit.result import FitResult
+from stages.report.depth import relative_depth
 from stages.report.intervals import (
     LEVEL, N_RESAMPLES, SELECTION_COLUMNS, AreaReplicates, area_replicates, percentile_interval, spearman_replicates,
 )
@@ -123,8 +128,9 @@ def summarise_rois(fit: FitResult, *, alpha: float | None = None, level: float =
 
     Columns: ``area``, ``hierarchy_rank``, ``n_vertices`` (summarised), ``n_significant`` (with
     q-values: vertices at ``q <= alpha``, 0.05 when ``alpha`` is None), ``mean_layer`` with its
-    ``level`` interval ``mean_layer_low``/``mean_layer_high``, ``sd_layer``, ``mean_depth``
-    (mean_layer / (n_layers - 1), comparable across models), ``mean_entropy``, ``mean_scale``
+    ``level`` interval ``mean_layer_low``/``mean_layer_high``, ``mean_relative_depth`` with
+    ``mean_relative_depth_low``/``_high`` (the same divided by n_layers - 1: comparable across networks of
+    any depth, :mod:`stages.report.depth`), ``sd_layer``, ``mean_entropy``, ``mean_scale``
     (with ``mean_scale_low``/``_high``), ``sd_scale``, with layer sets ``mean_layer_confidence``
     (with interval) and ``mean_layer_set_size``, the mean of each available score column
     (``r2_test``..., ``r2_test_nc``; ``r2_test_low``/``_high`` from the fit's image replicates),
@@ -148,8 +154,12 @@ def summarise_rois(fit: FitResult, *, alpha: float | None = None, level: float =
         row = {"area": area, "hierarchy_rank": hierarchy_rank(area), "n_vertices": int(len(inside))}
         if q_values is not None:
             row["n_significant"] = int(np.sum(q_values[inside] <= (0.05 if alpha is None else alpha)))
-        row.update({"mean_layer": layer_mean.mean(), **_bounds(intervals, "layer_mean", index, "mean_layer"),
-                    "sd_layer": layer_mean.std(), "mean_depth": layer_mean.mean() / max(n_layers - 1, 1),
+        layer_bounds = _bounds(intervals, "layer_mean", index, "mean_layer")
+        row.update({"mean_layer": layer_mean.mean(), **layer_bounds,
+                    "mean_relative_depth": float(relative_depth(layer_mean.mean(), n_layers)),
+                    **{name.replace("mean_layer", "mean_relative_depth"): float(relative_depth(value, n_layers))
+                       for name, value in layer_bounds.items()},
+                    "sd_layer": layer_mean.std(),
                     "mean_entropy": float(np.mean(fit.vertices["layer_entropy"][inside])),
                     "mean_scale": scale.mean(), **_bounds(intervals, "scale", index, "mean_scale"),
                     "sd_scale": scale.std()})

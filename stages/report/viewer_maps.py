@@ -3,8 +3,9 @@
 Scalar maps come from one table of column specs (:data:`COLUMN_SPECS`): a column a fit's
 table holds is offered as a map and read out at the pointed vertex, one it lacks is skipped,
 so per-vertex columns added to ``vertices.parquet`` later (layer confidence, credible-set size,
-q-values) appear by adding a row here. The coloured maps (layer, space, channel clusters) are
-those of :func:`stages.report.maps.fit_maps`, so the viewer paints exactly the static maps'
+q-values) appear by adding a row here. The coloured maps (layer, space, channel clusters) and the
+relative depth (the expected layer on the fixed 0..1 scale every network shares, in place of a map of
+the expected layer index) are those of :func:`stages.report.maps.fit_maps`, so the viewer paints exactly the static maps'
 colours, and the scalar maps use the static maps' colour scales; a planted truth adds its own maps and the fit-minus-truth differences.
 """
 
@@ -16,14 +17,14 @@ import numpy as np
 
 from stages.fit.result import FitResult
 from stages.report.colours import (
-    CONFIDENCE_CMAP, LAYER_CMAP, SCALE_CMAP, SCORE_CMAP, SET_SIZE_CMAP, SIGNIFICANCE_CMAP,
+    CONFIDENCE_CMAP, SCALE_CMAP, SCORE_CMAP, SET_SIZE_CMAP, SIGNIFICANCE_CMAP,
 )
 from stages.report.compare import align_vertices, difference_maps
+from stages.report.depth import DEPTH_COLUMN, fit_relative_depth
 from stages.report.maps import SCORE_MAPS, VertexMap, fit_maps, layer_weight_maps
 
-#: Value ranges a spec may name: fixed 0..1, the model's layer indices, a set size 1..n_layers,
-#: or 0 to the largest finite value.
-RANGES = ("unit", "layers", "set_size", "positive")
+#: Value ranges a spec may name: fixed 0..1, a set size 1..n_layers, or 0 to the largest finite value.
+RANGES = ("unit", "set_size", "positive")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class ColumnSpec:
 
 
 COLUMN_SPECS: tuple[ColumnSpec, ...] = (
-    ColumnSpec("layer_mean", "expected layer", "selections", LAYER_CMAP, "layers", digits=2),
+    ColumnSpec("layer_mean", "expected layer", "selections", "viridis", digits=2, as_map=False),
     ColumnSpec("layer_entropy", "layer entropy (0 one layer, 1 uniform)", "selections", "viridis", as_map=False),
     ColumnSpec("scale", "scale (0 local, 1 global)", "selections", SCALE_CMAP),
     *(ColumnSpec(column, title, "scores", SCORE_CMAP) for column, title in SCORE_MAPS.items()),
@@ -100,10 +101,16 @@ def column_maps(fit: FitResult) -> list[ViewerMap]:
 
 
 def readout_fields(fit: FitResult) -> list[ReadoutField]:
-    """Every :data:`COLUMN_SPECS` column ``fit`` holds, as raw values for the vertex readout."""
-    return [ReadoutField(spec.column, _READOUT_LABELS.get(spec.column, spec.title),
-                         np.asarray(fit.vertices[spec.column], dtype=np.float64), spec.digits)
-            for spec in COLUMN_SPECS if spec.column in fit.vertices]
+    """Every :data:`COLUMN_SPECS` column ``fit`` holds, as raw values for the vertex readout, the expected layer
+    followed by its relative depth."""
+    fields = []
+    for spec in (spec for spec in COLUMN_SPECS if spec.column in fit.vertices):
+        fields.append(ReadoutField(spec.column, _READOUT_LABELS.get(spec.column, spec.title),
+                                   np.asarray(fit.vertices[spec.column], dtype=np.float64), spec.digits))
+        if spec.column == "layer_mean":
+            fields.append(ReadoutField(DEPTH_COLUMN, "relative depth (expected layer / (layers - 1))",
+                                       fit_relative_depth(fit), 2))
+    return fields
 
 
 def viewer_maps(fit: FitResult, *, clusters: np.ndarray | None = None, truth: FitResult | None = None,
@@ -121,8 +128,8 @@ def viewer_maps(fit: FitResult, *, clusters: np.ndarray | None = None, truth: Fi
     static = {m.name: m for m in fit_maps(fit, clusters=clusters, space_extent=space_extent)}
     scalars = column_maps(fit)
     maps = [ViewerMap("difference", m) for m in extra]
-    maps += [ViewerMap("selections", static["layer"]), *[m for m in scalars if m.map.name == "layer_mean"],
-             ViewerMap("selections", static["space"]), *[m for m in scalars if m.map.name != "layer_mean"]]
+    maps += [ViewerMap("selections", static["layer"]), ViewerMap("selections", static[DEPTH_COLUMN]),
+             ViewerMap("selections", static["space"]), *scalars]
     maps += [ViewerMap("layer weights", m, layer=i) for i, m in enumerate(layer_weight_maps(fit))]
     if "clusters" in static:
         maps.append(ViewerMap("channel clusters", static["clusters"]))
@@ -166,8 +173,6 @@ def _transformed(values: np.ndarray, transform: str) -> np.ndarray:
 
 
 def _value_range(name: str, values: np.ndarray, n_layers: int) -> tuple[float, float]:
-    if name == "layers":
-        return 0.0, float(max(n_layers - 1, 1))
     if name == "set_size":
         return 1.0, float(max(n_layers, 2))
     if name == "positive":

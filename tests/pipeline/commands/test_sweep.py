@@ -128,9 +128,14 @@ def test_sweep_matches_the_sequential_commands_and_a_rerun_runs_nothing(
     assert (table["peak_memory_gb"] > 0).all() and (table["seconds"] > 0).all()
     _assert_same_outputs(runs, sequential)
     report = runs / "sweeps" / "t"
-    for name in ("ridge-grid-layer", "ridge-grid-space", "ridge-grid-scale", "ridge-roi-profiles"):
+    # 19 and 17 layers: the grid shows relative depth; the page the networks side by side and their agreement
+    for name in ("ridge-grid-relative_depth", "ridge-grid-space", "ridge-grid-scale", "ridge-roi-profiles"):
         assert (report / "report" / f"{name}.png").is_file()
-    assert (report / "compare" / "ridge" / "averages.png").is_file() and (report / "report.html").is_file()
+    for name in ("averages", "relative_depth", "depth_profiles"):
+        assert (report / "compare" / "ridge" / f"{name}.png").is_file()
+    page = (report / "report.html").read_text()
+    assert "Networks in relative depth" in page and "Network-to-network agreement per ROI" in page
+    assert "mobilenet_v2 (ridge)" in page and "efficientnet_lite0 (ridge)" in page
 
     capsys.readouterr()
     assert _sweep(runs) == 0

@@ -84,7 +84,8 @@ def test_compare_escapes_labels_and_names(hostile_root: Path, tmp_path: Path) ->
     assert main(["--run-root", str(hostile_root), "compare", *fits, "--out", str(tmp_path), "--dpi", "30",
                  "--resolution", "200", "--maps", "layer"]) == 0
     assert (tmp_path / "hierarchy_scores.md").is_file() and (tmp_path / "difference" / "viewer.html").is_file()
-    assert _assert_no_payload(tmp_path) == 2
+    assert (tmp_path / "depth_agreement.md").is_file()      # two networks (the two methods): their tables too
+    assert _assert_no_payload(tmp_path) == 5
 
 
 def test_sweep_table_and_page_escape_every_cell(tmp_path: Path) -> None:

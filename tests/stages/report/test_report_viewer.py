@@ -74,7 +74,7 @@ def test_payload_places_every_row_and_paints_the_static_colours() -> None:
     np.testing.assert_array_equal(rgba[:, :3], np.round(255 * expected).astype(np.uint8))
     assert (rgba[:, 3] == 255).all()
     names = [spec["name"] for spec in payload["maps"]]
-    assert names[:3] == ["layer", "layer_mean", "space"] and "clusters" in names
+    assert names[:3] == ["layer", "relative_depth", "space"] and "clusters" in names
     assert sum(name.startswith("layer_weight_") for name in names) == N_LAYERS
     weights = _decode(payload["weights"]).reshape(fit.n_vertices, N_LAYERS)
     np.testing.assert_array_equal(weights, fit.layer_weights.astype(np.float32))
