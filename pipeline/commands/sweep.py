@@ -16,7 +16,7 @@ from pipeline.subjects.assemble import subject_label
 from pipeline.subjects.locate import subject_image_folders
 from pipeline.sweep.execute import default_workers, open_client, printer, submit_tasks, uses_gpu
 from pipeline.sweep.identity import is_up_to_date
-from pipeline.sweep.plan import DEFAULT_METHODS, DEFAULT_MODELS, SWEEP_METHODS, SweepRequest, Task, data_root, plan_tasks, sweep_dir
+from pipeline.sweep.plan import DEFAULT_EPOCHS, DEFAULT_METHODS, DEFAULT_MODELS, SWEEP_METHODS, SweepRequest, Task, data_root, plan_tasks, sweep_dir
 from pipeline.sweep.report import write_sweep_report
 from pipeline.sweep.table import build_table, write_table
 from pipeline.sweep.tasks import TaskContext, base_row, task_identity
@@ -69,8 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                               "tasks on CUDA ask the cluster for one GPU resource each")
     compute.add_argument("--features-args", default="", metavar="ARGS",
                          help="extra flags for every `bddn features`, e.g. \"--grid 8 --batch-size 16\"")
+    compute.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, metavar="N",
+                         help=f"training epochs of the FactorTopy fits (factortopy, joint) (default {DEFAULT_EPOCHS}, "
+                              "as bddn demo: the layer maps come from the warm start and do not change with epochs; "
+                              "more refine R^2, space and scale)")
     compute.add_argument("--fit-args", default="", metavar="ARGS",
-                         help="extra flags for every `bddn fit`, e.g. \"--epochs 10\"")
+                         help="extra flags for every `bddn fit`, e.g. \"--batch-size 16\"")
     parser.add_argument("--no-report", action="store_true", help="skip the comparison figures at the end")
 
 
@@ -127,7 +131,7 @@ def _request(args: argparse.Namespace, run_root: Path) -> SweepRequest:
         name=args.name, run_root=run_root, models=tuple(args.models), subjects=tuple(args.subjects),
         methods=tuple(args.methods), data=args.data, root=args.root, imageset=name,
         images=tuple(args.images or ()), image_lists=tuple(args.image_list or ()),
-        named_imageset=args.imageset is not None,
+        named_imageset=args.imageset is not None, epochs=args.epochs,
         feature_args=tuple(shlex.split(args.features_args)), fit_args=tuple(shlex.split(args.fit_args)))
 
 
@@ -212,6 +216,7 @@ def sweep_command(request: SweepRequest, args: argparse.Namespace) -> str:
     parts += ["--imageset-name", args.imageset_name] if args.imageset_name else []
     parts += ["--scheduler", args.scheduler] if args.scheduler else []
     parts += ["--device", args.device] if args.device != "auto" else []
+    parts += ["--epochs", str(args.epochs)] if args.epochs != DEFAULT_EPOCHS else []
     parts += ["--features-args", args.features_args] if args.features_args else []
     parts += ["--fit-args", args.fit_args] if args.fit_args else []
     return "bddn " + " ".join(shlex.quote(part) for part in parts)

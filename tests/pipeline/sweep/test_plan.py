@@ -8,7 +8,7 @@ import pytest
 
 from cache.errors import ConfigError
 from pipeline import cli, runroot
-from pipeline.sweep.plan import SweepRequest, image_sources, plan_tasks
+from pipeline.sweep.plan import DEFAULT_EPOCHS, SweepRequest, image_sources, plan_tasks
 
 
 def _subject(root: Path, name: str, *, test_fmri: bool) -> None:
@@ -43,6 +43,21 @@ def test_plan_has_one_store_per_model_and_one_fit_per_cell(tmp_path: Path) -> No
     assert "--subjects" in joint.argv and "--method" not in joint.argv and len(joint.outputs) == 2
     parsed = cli.build_parser().parse_args(list(joint.argv))   # every task is a valid bddn command line
     assert parsed.subjects == ["1", "2"] and parsed.imageset == "synthetic"
+
+
+def test_trained_fits_get_the_sweeps_epochs_and_fit_args_still_win(tmp_path: Path) -> None:
+    request = SweepRequest(name="s", run_root=tmp_path, models=("mobilenet_v2",), subjects=("1", "2"),
+                           methods=("factortopy", "ridge", "joint"), imageset="demo", named_imageset=True,
+                           epochs=DEFAULT_EPOCHS, fit_args=("--epochs", "3"))
+    tasks = {task.method: task for task in plan_tasks(request, [], []) if task.kind == "fit"}
+    for method in ("factortopy", "joint"):
+        argv = tasks[method].argv
+        assert argv[-4:] == ("--epochs", str(DEFAULT_EPOCHS), "--epochs", "3")
+        assert cli.build_parser().parse_args(list(argv)).epochs == 3           # the user's flag, last, wins
+    assert "--epochs" not in tasks["ridge"].argv[:-2]                           # ridge has no epochs of its own
+    assert cli.build_parser().parse_args(["sweep"]).epochs == DEFAULT_EPOCHS == 8
+    with pytest.raises(ConfigError, match="--epochs must be at least 1"):
+        SweepRequest(name="s", run_root=tmp_path, models=("m",), subjects=("1",), methods=("factortopy",), epochs=0)
 
 
 @pytest.mark.parametrize("fields, message", [
