@@ -12,6 +12,7 @@ batch. A batch inside one block is a view of it; one straddling two blocks is a 
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -45,6 +46,22 @@ class FeatureBatch:
         return len(self.positions)
 
 
+class ReadCounter:
+    """Bytes decoded and blocks read through a store's readers, summed over threads: what a run's phases cost in
+    reads (``bench/fit_scale.py`` reports it per phase)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.blocks = 0
+        self._lock = threading.Lock()
+
+    def add(self, n_bytes: int) -> None:
+        """Count one decoded block of ``n_bytes``."""
+        with self._lock:
+            self.bytes += int(n_bytes)
+            self.blocks += 1
+
+
 @dataclass
 class _Block:
     """Decoded rows of one image block and which of them serve which requested positions.
@@ -67,14 +84,16 @@ class BlockReader:
         local: per layer, the zarr array of shape (n_images, n_channels_l, grid, grid).
         global_: per layer, the zarr array of shape (n_images, n_channels_l).
         chunk_images: rows per block (the arrays' chunk length along images).
+        counter: counts the bytes each block decodes, or None.
     """
 
     def __init__(self, *, local: Sequence[zarr.Array], global_: Sequence[zarr.Array], chunk_images: int,
-                 source: str = "feature store") -> None:
+                 source: str = "feature store", counter: ReadCounter | None = None) -> None:
         self.local = list(local)
         self.global_ = list(global_)
         self.chunk_images = chunk_images
         self.source = source
+        self.counter = counter
 
     def read_block(self, positions: np.ndarray, rows: np.ndarray, store_ids: np.ndarray,
                    pool: ThreadPoolExecutor) -> _Block:
@@ -89,6 +108,8 @@ class BlockReader:
         wanted = rows[positions]
         start, stop = int(wanted.min()), int(wanted.max()) + 1
         values = list(pool.map(lambda array: self._decode(array, start, stop), self.local + self.global_))
+        if self.counter is not None:
+            self.counter.add(sum(value.nbytes for value in values))
         return _Block(positions, wanted - start, store_ids[wanted], values[:len(self.local)], values[len(self.local):])
 
     def _decode(self, array: zarr.Array, start: int, stop: int) -> np.ndarray:
@@ -138,6 +159,16 @@ def plan_blocks(rows: np.ndarray, chunk_images: int, *, shuffle: bool = False, s
         rng = np.random.default_rng(seed)
         groups = [rng.permutation(groups[index]) for index in rng.permutation(len(groups))]
     return [np.asarray(group, dtype=np.int64) for group in groups]
+
+
+def batch_positions(rows: np.ndarray, chunk_images: int, *, batch_size: int) -> list[np.ndarray]:
+    """The positions of each batch :func:`iter_feature_batches` serves without shuffling, without reading:
+    the blocks' positions in reading order, cut every ``batch_size`` (a batch may straddle two blocks)."""
+    groups = plan_blocks(rows, chunk_images)
+    if not groups:
+        return []
+    order = np.concatenate(groups)
+    return np.split(order, np.arange(batch_size, len(order), batch_size))
 
 
 def _iter_blocks(reader: BlockReader, rows: np.ndarray, store_ids: np.ndarray,

@@ -21,7 +21,9 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import zarr
 
-from cache.batches import FeatureBatch, BlockReader, all_finite, iter_feature_batches, read_features
+from cache.batches import (
+    FeatureBatch, BlockReader, ReadCounter, all_finite, batch_positions, iter_feature_batches, read_features,
+)
 from cache.extend import refuse_unfinished_extension
 from cache.errors import IncompleteStoreError, InvalidInputError, MissingInputError, StoreMismatchError
 from cache.folder import CHUNK_BYTES, IMAGE_DIGEST, RECORD_ARRAYS, SHOWN, build_store, chunk_file, describe_id_changes, probe_store, remove_store, validated_ids
@@ -47,6 +49,7 @@ class FeatureStore:
             ``n_layers``, ``chunk_images`` repeat its fields.
         n_images, n_chunks: rows, and image blocks of ``chunk_images`` rows covering them.
         provenance: the dict the store was created with.
+        reads: bytes decoded and blocks read by this object's ``read`` and ``iter_batches`` so far.
 
     A FeatureStore object sees blocks that other processes finish while it is open, but
     not a store deleted and rebuilt under it (open it again after ``overwrite``).
@@ -67,6 +70,7 @@ class FeatureStore:
         self.image_ids = np.asarray(group["image_id"][:].tolist(), dtype=str)
         self._row_of: dict[str, int] | None = None
         self._done: np.ndarray | None = None  # completion flags seen so far (a finished block stays finished)
+        self.reads = ReadCounter()
 
     # ----------------------------------------------------------------- layout
     @property
@@ -360,7 +364,7 @@ class FeatureStore:
         return BlockReader(
             local=[self._arrays[local_array_name(int(l), grid, self.n_layers)] for l in picked],
             global_=[self._arrays[global_array_name(int(l), self.n_layers)] for l in picked],
-            chunk_images=self.chunk_images, source=f"feature store {self.path}")
+            chunk_images=self.chunk_images, source=f"feature store {self.path}", counter=self.reads)
 
     def _pick_grid(self, grid: int | None) -> int:
         if grid is None:
@@ -396,6 +400,11 @@ class FeatureStore:
         rows = self.rows_for(image_ids)
         return iter_feature_batches(self._reader(grid, layers), rows, self.image_ids, batch_size=int(batch_size),
                                     shuffle=shuffle, seed=seed, drop_last=drop_last)
+
+    def batch_order(self, image_ids: Sequence[str], *, batch_size: int) -> list[np.ndarray]:
+        """The positions (into ``image_ids``) of each batch ``iter_batches`` yields without shuffling, computed
+        without reading: features held elsewhere can be replayed in the store's order."""
+        return batch_positions(self.rows_for(image_ids), self.chunk_images, batch_size=int(batch_size))
 
 
 def _non_finite_message(chunk: int, layer: str, values: np.ndarray, dtype: str) -> str:

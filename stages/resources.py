@@ -4,7 +4,8 @@ Memory limits at scale are part of the product (a subject's fit must fit a lapto
 shared node), so a run reports what each phase took: wall seconds and the peak resident
 set size (RSS) of this process and its children, sampled by a background thread. The
 sampler costs one ``/proc`` read per interval; phases nest by name only (the innermost
-open phase is the one charged).
+open phase is the one charged). Counters registered with ``track`` (e.g. the gigabytes a
+feature store has decoded) are recorded per phase as their increase over it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import ctypes
 import gc
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import psutil
@@ -32,6 +33,15 @@ def resident_bytes(process: psutil.Process) -> int:
         except psutil.Error:
             pass
     return total
+
+
+def free_memory(device: "torch.device") -> int:
+    """Free bytes on ``device``: the GPU's free memory, or the host's available memory."""
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.mem_get_info(device)[0])
+    return int(psutil.virtual_memory().available)
 
 
 def release_free_memory() -> None:
@@ -58,6 +68,9 @@ class PhaseMonitor:
         self._seconds: dict[str, float] = {}
         self._started: dict[str, float] = {}
         self._peaks: dict[str, int] = {}
+        self._counters: dict[str, Callable[[], float]] = {}
+        self._counted: dict[str, dict[str, float]] = {}
+        self._at_start: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,6 +95,11 @@ class PhaseMonitor:
             for name in self._stack:
                 self._peaks[name] = max(self._peaks.get(name, 0), rss)
 
+    def track(self, name: str, read: Callable[[], float]) -> None:
+        """Record, for every phase entered from now on, how much ``read()`` (a count that only grows) rose during it."""
+        with self._lock:
+            self._counters[name] = read
+
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Charge the block's wall time and peak RSS to ``name`` (and to every enclosing phase's peak)."""
@@ -89,6 +107,7 @@ class PhaseMonitor:
             self._stack.append(name)
             self._started[name] = time.perf_counter()
             self._seconds.setdefault(name, 0.0)
+            self._at_start[name] = {key: read() for key, read in self._counters.items()}
         self._sample()
         try:
             yield
@@ -97,16 +116,20 @@ class PhaseMonitor:
             with self._lock:
                 self._stack.remove(name)
                 self._seconds[name] += time.perf_counter() - self._started.pop(name)
+                counted = self._counted.setdefault(name, {})
+                for key, start in self._at_start.pop(name).items():
+                    counted[key] = counted.get(key, 0.0) + self._counters[key]() - start
 
     def record(self) -> dict[str, dict[str, float]]:
-        """Per phase, in the order first entered: wall ``seconds`` and ``peak_rss_gb`` (a phase still open
-        counts its seconds so far and says ``running``)."""
+        """Per phase, in the order first entered: wall ``seconds``, ``peak_rss_gb`` and each tracked counter's
+        increase over its finished visits (a phase still open counts its seconds so far and says ``running``)."""
         now = time.perf_counter()
         with self._lock:
             out = {}
             for name, seconds in self._seconds.items():
                 running = name in self._started
                 entry = {"seconds": round(seconds + (now - self._started[name] if running else 0.0), 3),
-                         "peak_rss_gb": round(self._peaks.get(name, 0) / GB, 3)}
+                         "peak_rss_gb": round(self._peaks.get(name, 0) / GB, 3),
+                         **{key: round(value, 6) for key, value in self._counted.get(name, {}).items()}}
                 out[name] = {**entry, "running": True} if running else entry
             return out

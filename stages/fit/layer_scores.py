@@ -20,34 +20,42 @@ images, the best of the alpha grid per vertex, with the ridge baseline's normali
   leave-one-out through the kernel's eigenvectors (``stages.fit.ridge_solver``), reading
   the responses in vertex blocks. Here leverages vary most, and GCV would blur them.
 
-One streamed pass over the training images accumulates, per layer and feature set, the
-column sums, ``X^T X`` (float64) and ``X^T y`` for every vertex (float32), reading only
-the layers of the current group; layers are grouped so that a group's accumulators fit
-``budget_bytes`` (the solve after the pass holds about one more accumulator's worth).
-Host and device memory therefore grow with features x vertices, never with images x
-vertices, and the cost is ``n_images x n_features x n_vertices`` multiply-adds plus
-``n_features^2 x n_vertices`` for the rotation.
+Per layer and feature set, the column sums, ``X^T X`` (float64) and ``X^T y`` for every
+vertex (float32) are accumulated over the training images; layers are grouped so that a
+group's accumulators fit the memory budget (the solve after the pass holds about one more
+accumulator's worth). The features come from one pass over the store reading every layer,
+whose pooled sets are held in memory (``stages.fit.pooled_features``: 5 numbers per channel
+per image against the store's 65) while every group's statistics and the bootstrap's
+residuals are taken from them; only when even float16 copies do not fit beside one layer's
+accumulators does each group stream the store itself (twice with a feature-space
+bootstrap). Memory therefore grows with features x vertices plus images x pooled features,
+never with images x vertices, and the cost is ``n_images x n_features x n_vertices``
+multiply-adds plus ``n_features^2 x n_vertices`` for the rotation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cache.store import FeatureStore
+from stages.fit.pooled_features import HeldTokens, PooledFeatures, ScoreBatch, set_widths, streamed_batches
 from stages.fit.ridge_solver import (
     RELATIVE_EIGENVALUE_FLOOR, KernelSpectrum, choose_alphas, loo_errors, loo_residuals, spectrum_from_kernel,
 )
 from stages.fit.layer_confidence import LayerBootstrap
+from stages.resources import free_memory
 from stages.subject import Subject
 
-#: Accumulator memory one pass over the store may hold (bytes); more layers -> more passes. At
-#: subj01 scale (37,984 vertices, 768-channel layers: 0.66 GB each) two layers share a pass.
+#: Host memory the scores may hold (bytes): the pooled features when held, plus one group's accumulators. At
+#: subj01 scale (8,882 training images, 37,984 vertices, 12 layers of 768 channels) the pooled features take
+#: 0.82 GB in float16 and one layer's accumulators 0.66 GB: one store pass, then one layer at a time.
 BUDGET_BYTES = 3 * 2**29
+#: Share of the free memory (device or host) the scores may take at most.
+MEMORY_FRACTION = 0.4
 #: Training rows of the responses handled at once where they are read outside the store pass.
 ROW_BLOCK = 2048
 #: Vertices scored at once (bounds a float64 (features or images, block) temporary).
@@ -245,53 +253,103 @@ def gcv_choice(eigenvalues: torch.Tensor, coordinates: torch.Tensor, moments: Re
     return best.cpu().numpy(), index
 
 
+def score_budget(device: torch.device) -> int:
+    """Bytes the scores may hold (held features plus accumulators): on a GPU, ``MEMORY_FRACTION`` of its free
+    memory; on the host, at most ``BUDGET_BYTES`` (the fit's host memory goal) and that fraction of what is free."""
+    free = free_memory(device)
+    if device.type == "cuda":
+        return int(MEMORY_FRACTION * free)
+    return int(min(BUDGET_BYTES, MEMORY_FRACTION * free))
+
+
+def plan_passes(sizes: Sequence[int], held_bytes: dict[str, int], budget_bytes: int, *,
+                hold: str = "auto") -> tuple[str | None, list[list[int]]]:
+    """How the scores read the store: the dtype the pooled features are held in (None: streamed, one store pass
+    per group) and the groups of layer slots whose accumulators are held at once.
+
+    Args:
+        sizes: accumulator bytes of each layer slot.
+        held_bytes: ``"float32"`` / ``"float16"`` -> bytes of every layer's pooled features in that dtype.
+        budget_bytes: what the held features and one group's accumulators may take together.
+        hold: ``"auto"`` (float32 when it and the largest layer's accumulators fit the budget, else float16,
+            else streamed), ``"float32"``, ``"float16"`` or ``"off"`` (streamed).
+    """
+    if hold == "auto":
+        fitting = [name for name in ("float32", "float16") if held_bytes[name] + max(sizes) <= budget_bytes]
+        hold = fitting[0] if fitting else "off"
+    if hold == "off":
+        return None, _layer_groups(sizes, budget_bytes)
+    return hold, _layer_groups(sizes, budget_bytes - held_bytes[hold])
+
+
 def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], grid: int,
                  device: torch.device, alphas: Sequence[float], feature_sets: Sequence[str] = ("global", "local"),
-                 local_pool: int = 2, batch_size: int = 256, budget_bytes: int = BUDGET_BYTES,
-                 bootstrap: LayerBootstrap | None = None) -> np.ndarray:
+                 local_pool: int = 2, batch_size: int = 256, budget_bytes: int | None = None,
+                 bootstrap: LayerBootstrap | None = None, hold: str = "auto",
+                 tokens: HeldTokens | None = None) -> np.ndarray:
     """GCV R^2 on the training images of a ridge per layer (best feature set and alpha), per vertex.
 
     The evidence for a warm start of FactorTopy's layer selector: it touches neither the
-    validation nor the test images, and reads the store once per group of layers.
+    validation nor the test images. The store is not read when the fit holds the features
+    (``tokens``), read once when the pooled features are held (:func:`plan_passes`), else once
+    per group of layers (twice with a feature-space bootstrap).
 
     Args:
         layer_indices: store indices of the layers to score.
         grid: the stored local grid to read.
-        device: where the statistics are accumulated and solved.
+        device: where the statistics are accumulated and solved, and the pooled features held.
         alphas: the penalty grid (on the normalised kernel scale of ``stages.fit.ridge``).
         feature_sets: subset of ``("global", "local")``.
         local_pool: side of the average-pooled local grid.
-        budget_bytes: accumulator memory one pass may hold (at least one layer per pass).
+        budget_bytes: memory the held features and one group's accumulators may take (at least one layer per
+            group); None = :func:`score_budget` of ``device``.
         bootstrap: when given (shaped training images x these layers x vertices), it receives
             every layer's per-image squared held-out errors (of the feature set that scores best
-            at each vertex) for the layer sets of :mod:`stages.fit.layer_confidence`; this reads
-            the store once more per group holding a feature-space layer.
+            at each vertex) for the layer sets of :mod:`stages.fit.layer_confidence`.
+        hold: how the pooled features are held, see :func:`plan_passes`.
+        tokens: the training images' features of these layers, already held by the fit: then the store is not
+            read and nothing more is held (``hold`` is ignored).
 
     Returns:
         float32 array of shape (n_vertices, n_layers).
     """
     train = np.asarray(subject.splits["train"])
+    ids = list(subject.stimulus_ids[train])
     responses = subject.responses
     moments = ResponseMoments.of(responses, train)
     alpha_grid = torch.tensor(list(alphas), dtype=torch.float64, device=device)
-    widths = [{"global": store.n_channels[layer], "local": store.n_channels[layer] * local_pool ** 2}
-              for layer in layer_indices]
+    widths = [set_widths(store, layer, local_pool=local_pool) for layer in layer_indices]
     sizes = [sum(_Statistics.nbytes(widths[slot][name], subject.n_vertices, len(train),
                                     keep_residuals=bootstrap is not None) for name in feature_sets)
              for slot in range(len(layer_indices))]
+    held_bytes = {name: PooledFeatures.nbytes(widths, len(train), feature_sets=feature_sets, dtype=getattr(torch, name))
+                  for name in ("float32", "float16")}
+    dtype, groups = plan_passes(sizes, held_bytes, score_budget(device) if budget_bytes is None else budget_bytes,
+                                hold="off" if tokens is not None else hold)
+    held = None if dtype is None else PooledFeatures.read(
+        store, ids, layer_indices=layer_indices, grid=grid, local_pool=local_pool, feature_sets=feature_sets,
+        batch_size=batch_size, device=device, dtype=getattr(torch, dtype))
+    order = store.batch_order(ids, batch_size=batch_size) if tokens is not None else None
+
+    def batches(group: list[int]) -> Iterator[ScoreBatch]:
+        if tokens is not None:
+            return tokens.batches(order, group, local_pool=local_pool, feature_sets=feature_sets)
+        if held is not None:
+            return held.batches(group)
+        return streamed_batches(store, ids, layer_indices=[layer_indices[slot] for slot in group], grid=grid,
+                                local_pool=local_pool, feature_sets=feature_sets, batch_size=batch_size, device=device)
+
     scores = np.full((subject.n_vertices, len(layer_indices)), -np.inf)
-    for group in _layer_groups(sizes, budget_bytes):
+    for group in groups:
         statistics = {(slot, name): _Statistics(widths[slot][name], subject.n_vertices, len(train), device)
                       for slot in group for name in feature_sets}
         needs_targets = any(stat.primal for stat in statistics.values())
-        for batch in store.iter_batches(list(subject.stimulus_ids[train]), batch_size=batch_size, grid=grid,
-                                        layers=[layer_indices[slot] for slot in group]):
-            targets = moments.centred(responses, train[batch.positions], device) if needs_targets else None
-            positions = torch.as_tensor(batch.positions, device=device)
-            for read_index, slot in enumerate(group):
-                sets = _feature_sets(batch.global_[read_index], batch.local[read_index], local_pool, device)
+        for rows, sets in batches(group):
+            targets = moments.centred(responses, train[rows], device) if needs_targets else None
+            positions = torch.as_tensor(rows, device=device)
+            for slot, values in zip(group, sets):
                 for name in feature_sets:
-                    statistics[slot, name].add(sets[name], positions, targets)
+                    statistics[slot, name].add(values[name], positions, targets)
         set_scores = {key: stat.scores(moments, responses, train, alpha_grid, keep_residuals=bootstrap is not None)
                       for key, stat in statistics.items()}
         for (slot, _), values in set_scores.items():
@@ -299,47 +357,35 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
         if bootstrap is not None:
             winners = {slot: torch.as_tensor(np.stack([set_scores[slot, name] for name in feature_sets]).argmax(axis=0),
                                              device=device) for slot in group}
-            _bootstrap_errors(store, subject, statistics, winners, bootstrap, moments=moments, grid=grid,
-                              layer_indices=layer_indices, feature_sets=feature_sets, local_pool=local_pool,
-                              batch_size=batch_size, device=device)
+            features = batches(group) if needs_targets else None
+            _bootstrap_errors(subject, statistics, winners, bootstrap, features, moments=moments,
+                              feature_sets=feature_sets, batch_size=batch_size, device=device)
+        del statistics
     return scores.astype(np.float32)
 
 
-def _bootstrap_errors(store: FeatureStore, subject: Subject, statistics: dict[tuple[int, str], _Statistics],
-                      winners: dict[int, torch.Tensor], bootstrap: LayerBootstrap, *, moments: ResponseMoments,
-                      grid: int, layer_indices: Sequence[int], feature_sets: Sequence[str], local_pool: int,
-                      batch_size: int, device: torch.device) -> None:
+def _bootstrap_errors(subject: Subject, statistics: dict[tuple[int, str], _Statistics],
+                      winners: dict[int, torch.Tensor], bootstrap: LayerBootstrap,
+                      features: Iterator[ScoreBatch] | None, *, moments: ResponseMoments,
+                      feature_sets: Sequence[str], batch_size: int, device: torch.device) -> None:
     """Add one group of layers' per-image squared errors to ``bootstrap``: ``winners[slot]`` (n_vertices,)
-    indexes ``feature_sets``, the set whose errors count at each vertex. Reads the training images again
-    when a feature-space set needs its features; image-kernel sets read their kept residuals."""
+    indexes ``feature_sets``, the set whose errors count at each vertex. Feature-space sets need the group's
+    ``features`` once more (from the held pooled features, or another store pass); image-kernel sets read their
+    kept residuals (``features`` None)."""
     train = np.asarray(subject.splits["train"])
     group = sorted(winners)
-    if any(stat.primal for stat in statistics.values()):
-        batches = ((batch.positions, batch) for batch in store.iter_batches(
-            list(subject.stimulus_ids[train]), batch_size=batch_size, grid=grid,
-            layers=[layer_indices[slot] for slot in group]))
-    else:
-        batches = ((np.arange(start, min(start + batch_size, len(train))), None)
-                   for start in range(0, len(train), batch_size))
-    for rows, batch in batches:
+    if features is None:
+        features = ((np.arange(start, min(start + batch_size, len(train))), [{} for _ in group])
+                    for start in range(0, len(train), batch_size))
+    for rows, sets in features:
         positions = torch.as_tensor(rows, device=device)
-        targets = moments.centred(subject.responses, train[rows], device) if batch is not None else None
-        for read_index, slot in enumerate(group):
-            sets = (_feature_sets(batch.global_[read_index], batch.local[read_index], local_pool, device)
-                    if batch is not None else {})
+        targets = moments.centred(subject.responses, train[rows], device) if sets[0] else None
+        for slot, values in zip(group, sets):
             errors = None
             for set_index, name in enumerate(feature_sets):
-                these = statistics[slot, name].squared_errors(sets.get(name), positions, targets)
+                these = statistics[slot, name].squared_errors(values.get(name), positions, targets)
                 errors = these if errors is None else torch.where(winners[slot] == set_index, these, errors)
             bootstrap.add(slot, positions, errors)
-
-
-def _feature_sets(global_: np.ndarray, local: np.ndarray, local_pool: int, device: torch.device
-                  ) -> dict[str, torch.Tensor]:
-    """A batch's global tokens and pooled, flattened local tokens, float32 on ``device``."""
-    local_tokens = torch.as_tensor(local, device=device).float()
-    return {"global": torch.as_tensor(global_, device=device).float(),
-            "local": F.adaptive_avg_pool2d(local_tokens, local_pool).flatten(1)}
 
 
 def _layer_groups(sizes: Sequence[int], budget_bytes: int) -> list[list[int]]:

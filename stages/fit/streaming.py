@@ -9,6 +9,10 @@ Two sources give the same :class:`Batch` stream:
 * :class:`ResidentFeatures` reads every requested image once and keeps the features
   on the device, so epochs need no I/O at all.
 
+The held-out splits are opened together (:func:`open_held_out`): their images are spread
+over every chunk, so the ones held are read in one pass for all of them, and each
+validation pass after that reads nothing.
+
 Batch order depends only on ``(seed, epoch)``, never on thread timing, so an
 interrupted fit resumed at an epoch boundary sees exactly the batches it would have.
 """
@@ -21,11 +25,11 @@ from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
-import psutil
 import torch
 
 from cache.store import FeatureStore
 from stages.fit.targets import StandardisedRows
+from stages.resources import free_memory
 
 #: Fraction of free device (or host) memory resident mode may take in automatic mode.
 RESIDENT_MEMORY_FRACTION = 0.4
@@ -79,13 +83,6 @@ def feature_bytes(store: FeatureStore, n_images: int, *, layer_indices: Sequence
     itemsize = np.dtype(store.layout.dtype).itemsize
     channels = sum(store.n_channels[i] for i in layer_indices)
     return int(n_images * channels * (grid * grid + 1) * itemsize)
-
-
-def free_memory(device: torch.device) -> int:
-    """Free bytes on ``device``: the GPU's free memory, or the host's available memory."""
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    return int(psutil.virtual_memory().available)
 
 
 def resident_fits(n_bytes: int, device: torch.device) -> bool:
@@ -212,29 +209,44 @@ class StreamedFeatures(_FeatureSourceBase):
 
 
 class ResidentFeatures(_FeatureSourceBase):
-    """Every requested image's features held on the device (store dtype); no I/O per epoch."""
+    """Every requested image's features held on the device (store dtype); no I/O per epoch.
+
+    The tensors are allocated once and filled chunk by chunk, so building the source holds the
+    features once plus one chunk's read, not a second copy."""
 
     def __init__(self, store: FeatureStore, image_ids: Sequence[str], targets: np.ndarray, *,
                  layer_indices: Sequence[int], grid: int, device: torch.device,
                  scales: Sequence[tuple[float, float]] | None = None) -> None:
         super().__init__(store, image_ids, targets, layer_indices=layer_indices, grid=grid, device=device,
                          scales=scales)
-        n_layers = len(self.layer_indices)
-        local: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
-        global_: list[list[torch.Tensor]] = [[] for _ in range(n_layers)]
-        order: list[np.ndarray] = []
+        dtype = torch.from_numpy(np.zeros(0, dtype=store.layout.dtype)).dtype
+        widths = [store.n_channels[i] for i in self.layer_indices]
+        self.local = [torch.empty(self.n_images, width, grid, grid, dtype=dtype, device=device) for width in widths]
+        self.global_ = [torch.empty(self.n_images, width, dtype=dtype, device=device) for width in widths]
         for group in self._chunk_groups():
             part = self._read(group)
-            order.append(part.positions)
-            for i in range(n_layers):
-                local[i].append(torch.from_numpy(np.ascontiguousarray(part.local[i])).to(device))
-                global_[i].append(torch.from_numpy(np.ascontiguousarray(part.global_[i])).to(device))
-        inverse = torch.from_numpy(np.argsort(np.concatenate(order))).to(device)
-        self.local = [torch.cat(parts)[inverse] for parts in local]
-        self.global_ = [torch.cat(parts)[inverse] for parts in global_]
+            index = torch.from_numpy(part.positions).to(device)
+            for held, values in zip(self.local + self.global_, part.local + part.global_):
+                held[index] = torch.from_numpy(np.ascontiguousarray(values)).to(device)
         self.targets = np.ascontiguousarray(self.targets, dtype=np.float32)   # resident: held whole
         self.target_tensor = torch.from_numpy(self.targets).to(device)
         self.choice = "resident"
+
+    def split(self, counts: Sequence[int]) -> list["ResidentFeatures"]:
+        """Consecutive runs of ``counts`` images as sources of their own (views of the held features and targets:
+        nothing is read or copied)."""
+        parts, start = [], 0
+        for count in counts:
+            part = object.__new__(ResidentFeatures)
+            part.__dict__.update(self.__dict__)
+            rows = slice(start, start + count)
+            part.image_ids, part.rows = self.image_ids[rows], self.rows[rows]
+            part.local, part.global_ = [t[rows] for t in self.local], [t[rows] for t in self.global_]
+            part.targets = self.targets[rows]
+            part.target_tensor = self.target_tensor[rows]
+            parts.append(part)
+            start += count
+        return parts
 
     def batches(self, *, batch_size: int, shuffle: bool, seed: int = 0, epoch: int = 0) -> Iterator[Batch]:
         """Yield batches covering every image once; shuffled by ``(seed, epoch)`` when asked."""
@@ -247,6 +259,17 @@ class ResidentFeatures(_FeatureSourceBase):
                         self.target_tensor[index])
 
 
+def residency(store: FeatureStore, n_images: int, *, layer_indices: Sequence[int], grid: int, device: torch.device,
+              resident: str) -> tuple[bool, str]:
+    """Whether ``n_images`` images' features are held (forced ``"on"``, or ``"auto"`` and they fit) and why."""
+    if resident != "auto":
+        return resident == "on", f"--resident {resident}"
+    needed = feature_bytes(store, n_images, layer_indices=layer_indices, grid=grid)
+    fits = resident_fits(needed, device)
+    return fits, (f"auto: {needed / 1e9:.2f} GB of features {'fit' if fits else 'exceed'} "
+                  f"{RESIDENT_MEMORY_FRACTION:.0%} of the {free_memory(device) / 1e9:.1f} GB free on {device.type}")
+
+
 def open_features(store: FeatureStore, image_ids: Sequence[str], targets: np.ndarray, *, layer_indices: Sequence[int],
                   grid: int, device: torch.device, resident: str = "auto", shuffle_buffer: int = 2048,
                   prefetch: int = 4, scales: Sequence[tuple[float, float]] | None = None
@@ -256,14 +279,9 @@ def open_features(store: FeatureStore, image_ids: Sequence[str], targets: np.nda
     ``scales``: optional per-layer (local, global) factors applied to the features as read.
     The source's ``choice`` says which it is and, in automatic mode, why.
     """
-    reason = f"--resident {resident}"
-    if resident == "auto":
-        needed = feature_bytes(store, len(image_ids), layer_indices=layer_indices, grid=grid)
-        fits = resident_fits(needed, device)
-        resident = "on" if fits else "off"
-        reason = (f"auto: {needed / 1e9:.2f} GB of features {'fit' if fits else 'exceed'} "
-                  f"{RESIDENT_MEMORY_FRACTION:.0%} of the {free_memory(device) / 1e9:.1f} GB free on {device.type}")
-    if resident == "on":
+    held, reason = residency(store, len(image_ids), layer_indices=layer_indices, grid=grid, device=device,
+                             resident=resident)
+    if held:
         source = ResidentFeatures(store, image_ids, targets, layer_indices=layer_indices, grid=grid, device=device,
                                   scales=scales)
     else:
@@ -271,6 +289,38 @@ def open_features(store: FeatureStore, image_ids: Sequence[str], targets: np.nda
                                   shuffle_buffer=shuffle_buffer, prefetch=prefetch, scales=scales)
     source.choice = f"{source.choice} ({reason})"
     return source
+
+
+def open_held_out(store: FeatureStore, splits: dict[str, tuple[np.ndarray, np.ndarray]], *, hold: Sequence[str],
+                  layer_indices: Sequence[int], grid: int, device: torch.device, resident: str = "auto",
+                  prefetch: int = 4, scales: Sequence[tuple[float, float]] | None = None
+                  ) -> dict[str, StreamedFeatures | ResidentFeatures]:
+    """Sources of the held-out splits (``name -> (image_ids, targets)``); those named in ``hold`` are held together.
+
+    Held-out images are spread over every chunk of the store, so each streamed evaluation decodes
+    the whole store. The splits in ``hold`` (``"on"``, or ``"auto"`` when they fit together) are
+    read once, in one pass for all of them, and every evaluation after costs no I/O; the others
+    are streamed. Each source's ``choice`` says which and why.
+    """
+    names = [name for name in splits if name in hold]
+    n_images = sum(len(splits[name][0]) for name in names)
+    held, reason = residency(store, n_images, layer_indices=layer_indices, grid=grid, device=device,
+                             resident=resident) if names else (False, "not asked to be held")
+    sources: dict[str, StreamedFeatures | ResidentFeatures] = {}
+    if held:
+        together = ResidentFeatures(store, np.concatenate([splits[name][0] for name in names]),
+                                    np.concatenate([splits[name][1] for name in names]), layer_indices=layer_indices,
+                                    grid=grid, device=device, scales=scales)
+        sources.update(zip(names, together.split([len(splits[name][0]) for name in names])))
+        for name in names:
+            sources[name].choice = f"resident, {' + '.join(names)} read in one pass ({reason})"
+    for name, (ids, targets) in splits.items():
+        if name not in sources:
+            sources[name] = StreamedFeatures(store, ids, targets, layer_indices=layer_indices, grid=grid,
+                                             device=device, prefetch=prefetch, scales=scales)
+            sources[name].choice = (f"streamed: each evaluation reads the chunks holding it "
+                                    f"({reason if name in names else 'not asked to be held'})")
+    return sources
 
 
 def feature_scales(store: FeatureStore, image_ids: Sequence[str], *, layer_indices: Sequence[int], grid: int,

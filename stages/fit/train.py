@@ -39,7 +39,10 @@ from stages.fit.metrics import r2_score
 from stages.fit.objective import prior_weight, regression_loss, smoothness_penalty
 from stages.fit.outputs import TrainedFit, build_fit_result
 from stages.fit.result import FitResult
-from stages.fit.streaming import Batch, feature_scales, open_features
+from stages.fit.pooled_features import HeldTokens
+from stages.fit.streaming import (
+    Batch, ResidentFeatures, feature_scales, open_features, open_held_out, residency,
+)
 from stages.fit.targets import Standardisation, StandardisedRows, standardise
 from stages.fit.warmstart import warm_start
 from stages.resources import PhaseMonitor, release_free_memory
@@ -151,6 +154,7 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
             return train_factortopy(stores, subjects, cfg, checkpoint_dir=checkpoint_dir, progress=progress,
                                     neighbours=neighbours, monitor=own)
     neighbours = [None] * len(subjects) if neighbours is None else list(neighbours)
+    monitor.track("store_gb_read", lambda: sum(store.reads.bytes for store in stores) / 1e9)
     if not subjects or not len(stores) == len(subjects) == len(neighbours):
         raise InvalidInputError(f"training needs >= 1 subject and one store and one neighbour set per subject; got "
                                 f"{len(subjects)} subjects, {len(stores)} stores, {len(neighbours)} neighbour sets")
@@ -167,25 +171,35 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
     precision = resolve_precision(cfg.precision, device, cpu_autocast=False)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     identity = fit_identity(stores, subjects, cfg, layer_names)
-    if has_checkpoint(checkpoint_dir):
+    resumed = has_checkpoint(checkpoint_dir)
+    if resumed:
         state, best = restore_checkpoint(checkpoint_dir, identity=identity, model=model, optimiser=optimiser,
                                          scaler=scaler)
-    else:   # before the training targets exist: the warm start's statistics and they never share memory
+    else:
         state = TrainState()
+    # Features held whole are opened first, so the warm start reads them instead of the store; otherwise the warm
+    # start runs before the training targets exist, and its statistics and they never share memory.
+    held_first = not resumed and cfg.warm_start != "none" and all(
+        residency(store, len(subject.splits["train"]), layer_indices=layer_indices, grid=cfg.grid, device=device,
+                  resident=cfg.resident)[0] for store, subject in zip(stores, subjects))
+    if held_first:
+        parts, scales = prepare_parts(stores, subjects, cfg, layer_indices=layer_indices, device=device,
+                                      neighbours=neighbours, monitor=monitor)
+    if not resumed:
         with monitor.phase("warm_start"):
             sets: list[LayerSets] = []
+            tokens = [held_tokens(part.sources["train"]) for part in parts] if held_first else None
             state.notes = warm_start(model, stores, subjects, cfg, layer_indices=layer_indices, device=device,
-                                     layer_sets=sets)
+                                     layer_sets=sets, tokens=tokens)
             state.layer_sets = [item.to_json() for item in sets]
+            del tokens
             release_free_memory()
         best = _copy_state(model)
-    with monitor.phase("prepare"):
-        scales = shared_feature_scales(stores, subjects, layer_indices=layer_indices, grid=cfg.grid) \
-            if cfg.normalise_layers else None
-        parts = [prepare_subject(store, subject, cfg, layer_indices=layer_indices, device=device, scales=scales,
-                                 neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)]
-        for part, record in zip(parts, state.layer_sets):
-            part.layer_sets = LayerSets.from_json(record)
+    if not held_first:
+        parts, scales = prepare_parts(stores, subjects, cfg, layer_indices=layer_indices, device=device,
+                                      neighbours=neighbours, monitor=monitor)
+    for part, record in zip(parts, state.layer_sets):
+        part.layer_sets = LayerSets.from_json(record)
     train = [part.sources["train"] for part in parts]
     steps_per_epoch = sum(math.ceil(source.n_images / cfg.batch_size) for source in train)
     fade_steps = cfg.fade_steps(steps_per_epoch)
@@ -219,11 +233,30 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
     summary = {"epochs_run": state.epoch, "best_epoch": state.best_epoch, "steps": state.step,
                "stopped_early": state.stopped_early, "train_seconds": time.perf_counter() - started,
                "device": str(device), "precision": str(precision_dtype(precision) or torch.float32).replace("torch.", ""),
-               "resident": all(type(source).__name__ == "ResidentFeatures" for source in train),
+               "resident": all(isinstance(source, ResidentFeatures) for source in train),
                "feature_source": [source.choice for source in train],
+               "held_out_source": [{name: source.choice for name, source in part.sources.items() if name != "train"}
+                                   for part in parts],
                "fade_steps": fade_steps, "feature_scales": scales, "phases": monitor.record(), **state.notes}
     return TrainedModel(model=model, cfg=cfg, layer_names=layer_names, parts=parts, history=state.history,
                         summary=summary)
+
+
+def prepare_parts(stores: Sequence[FeatureStore], subjects: Sequence[Subject], cfg: FitConfig, *,
+                  layer_indices: Sequence[int], device: torch.device, neighbours: Sequence[np.ndarray | None],
+                  monitor: PhaseMonitor) -> tuple[list[SubjectPart], list[tuple[float, float]] | None]:
+    """Every subject's part of the run (:func:`prepare_subject`) and the shared feature scales, as phase ``prepare``."""
+    with monitor.phase("prepare"):
+        scales = shared_feature_scales(stores, subjects, layer_indices=layer_indices, grid=cfg.grid) \
+            if cfg.normalise_layers else None
+        parts = [prepare_subject(store, subject, cfg, layer_indices=layer_indices, device=device, scales=scales,
+                                 neighbours=pairs) for store, subject, pairs in zip(stores, subjects, neighbours)]
+    return parts, scales
+
+
+def held_tokens(source: Any) -> HeldTokens | None:
+    """The training features a resident source holds, for the warm start; None for a streamed one."""
+    return HeldTokens(source.local, source.global_) if isinstance(source, ResidentFeatures) else None
 
 
 def prepare_subject(store: FeatureStore, subject: Subject, cfg: FitConfig, *, layer_indices: Sequence[int],
@@ -232,16 +265,21 @@ def prepare_subject(store: FeatureStore, subject: Subject, cfg: FitConfig, *, la
     """Z-score ``subject``'s responses with its training statistics and open a feature source per split.
 
     The training split's targets are z-scored batch by batch (:class:`~stages.fit.targets.StandardisedRows`);
-    the held-out splits' are materialised (they are small and scored whole)."""
+    the held-out splits' are materialised (they are small and scored whole). The validation split's features
+    (scored every epoch) are held when they fit, the test split's too when the training features are held, read
+    in one pass (:func:`~stages.fit.streaming.open_held_out`); the test split is otherwise streamed once, at the end."""
     standard = standardise(subject.responses, subject.splits["train"])
-    sources = {}
-    for name, rows in subject.splits.items():
-        if len(rows):
-            targets = (StandardisedRows(subject.responses, rows, standard) if name == "train"
-                       else standard.apply_rows(subject.responses, rows))
-            sources[name] = open_features(store, subject.stimulus_ids[rows], targets, layer_indices=layer_indices,
-                                          grid=cfg.grid, device=device, resident=cfg.resident,
-                                          shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch, scales=scales)
+    train = subject.splits["train"]
+    sources = {"train": open_features(store, subject.stimulus_ids[train],
+                                      StandardisedRows(subject.responses, train, standard),
+                                      layer_indices=layer_indices, grid=cfg.grid, device=device, resident=cfg.resident,
+                                      shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch, scales=scales)}
+    held_out = {name: (subject.stimulus_ids[rows], standard.apply_rows(subject.responses, rows))
+                for name, rows in subject.splits.items() if name != "train" and len(rows)}
+    if held_out:   # validation runs every epoch, the test split once: held too only beside held training features
+        hold = ["val", "test"] if isinstance(sources["train"], ResidentFeatures) else ["val"]
+        sources.update(open_held_out(store, held_out, hold=hold, layer_indices=layer_indices, grid=cfg.grid,
+                                     device=device, resident=cfg.resident, prefetch=cfg.prefetch, scales=scales))
     edges = None if neighbours is None else torch.as_tensor(neighbours, dtype=torch.long, device=device)
     return SubjectPart(subject=subject, store=store, standardisation=standard, sources=sources, edges=edges)
 

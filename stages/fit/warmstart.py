@@ -28,8 +28,9 @@ from cache.errors import InvalidInputError
 from cache.store import FeatureStore
 from stages.fit.factortopy import FactorTopy
 from stages.fit.config import FitConfig
-from stages.fit.layer_confidence import LayerBootstrap, LayerSets
+from stages.fit.layer_confidence import LayerBootstrap, LayerSets, noise_floor
 from stages.fit.layer_scores import ResponseMoments, score_layers
+from stages.fit.pooled_features import HeldTokens
 from stages.fit.ridge import RidgeConfig, score_targets
 from stages.subject import Subject
 
@@ -102,7 +103,8 @@ def _stacked(model: FactorTopy, targets: Sequence[np.ndarray], name: str) -> np.
 
 def cell_scores(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], best_layer: np.ndarray,
                 grid: int, n_components: int = CELL_COMPONENTS, alpha: float = 1.0, seed: int = 0,
-                batch_size: int = 256, device: torch.device = torch.device("cpu")) -> np.ndarray:
+                batch_size: int = 256, device: torch.device = torch.device("cpu"),
+                tokens: HeldTokens | None = None) -> np.ndarray:
     """In-sample R^2 of a small ridge on each grid cell's tokens of each vertex's best layer.
 
     Each layer's channels are reduced to ``n_components`` by a seeded Gaussian random
@@ -119,6 +121,8 @@ def cell_scores(store: FeatureStore, subject: Subject, *, layer_indices: Sequenc
         best_layer: int array of shape (n_vertices,), index into ``layer_indices`` per vertex.
         grid: the stored grid to read.
         device: where the statistics are accumulated and solved.
+        tokens: the training images' features of the fit's layers, already held by the fit: then the
+            store is not read (batches are cut from them in the store's order).
 
     Returns:
         float32 array of shape (n_vertices, grid * grid), cells row-major (y then x).
@@ -131,13 +135,18 @@ def cell_scores(store: FeatureStore, subject: Subject, *, layer_indices: Sequenc
     members = {slot: np.flatnonzero(best_layer == slot) for slot in needed}
     moments = ResponseMoments.of(subject.responses, train)
     statistics = {slot: _CellStatistics(grid * grid, n_components, len(members[slot]), device) for slot in needed}
-    batches = store.iter_batches(list(subject.stimulus_ids[train]), batch_size=batch_size, grid=grid,
-                                 layers=[layer_indices[slot] for slot in needed])
-    for batch in batches:
-        targets = moments.centred(subject.responses, train[batch.positions], device)
+    ids = list(subject.stimulus_ids[train])
+    if tokens is None:
+        batches = ((batch.positions, batch.local) for batch in store.iter_batches(
+            ids, batch_size=batch_size, grid=grid, layers=[layer_indices[slot] for slot in needed]))
+    else:
+        batches = ((positions, [tokens.local[slot][torch.as_tensor(positions, device=tokens.local[slot].device)]
+                                for slot in needed]) for positions in store.batch_order(ids, batch_size=batch_size))
+    for positions, local in batches:
+        targets = moments.centred(subject.responses, train[positions], device)
         for read_index, slot in enumerate(needed):
-            tokens = torch.as_tensor(batch.local[read_index], device=device).float()          # (n, C, g, g)
-            cells = tokens.flatten(2).transpose(1, 2) @ projections[slot]                     # (n, cells, k)
+            layer_tokens = torch.as_tensor(local[read_index], device=device).float()          # (n, C, g, g)
+            cells = layer_tokens.flatten(2).transpose(1, 2) @ projections[slot]               # (n, cells, k)
             statistics[slot].add(cells, targets[:, torch.as_tensor(members[slot], device=device)])
     scores = np.zeros((subject.n_vertices, grid * grid), np.float32)
     for slot in needed:
@@ -208,29 +217,33 @@ def centre_targets(scores: np.ndarray, grid: int, *, temperature: float = 0.03) 
 
 def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequence[Subject], cfg: FitConfig, *,
                layer_indices: Sequence[int], device: torch.device,
-               layer_sets: list[LayerSets] | None = None) -> dict[str, float]:
+               layer_sets: list[LayerSets] | None = None,
+               tokens: Sequence[HeldTokens | None] | None = None) -> dict[str, float]:
     """Initialise the (shared) selectors from cheap regressions on each subject's training images; returns a summary.
 
     ``cfg.warm_start="layer"``: the layer selector from per-layer ridge scores
-    (:func:`~stages.fit.layer_scores.score_layers`, streamed, on the fit's ``device``);
+    (:func:`~stages.fit.layer_scores.score_layers`, on the fit's ``device``);
     ``"layer+space"``: also the space selector from per-cell scores of each vertex's best
     layer (``cell_scores`` -> ``centre_targets``). ``"none"`` does nothing. Each subject's
     targets come from its own responses (``stores[i]`` holds ``subjects[i]``'s images);
     :func:`fit_selectors` fits the shared selectors to all of them at once. Both regressions
-    stream the store, so memory does not grow with the number of images.
+    read the training images in one pass each (the layer scores hold their pooled features in
+    between), so memory does not grow with images x vertices; a subject whose training features
+    the fit already holds (``tokens``) is not read from the store at all.
 
     Args:
         layer_indices: store indices of the fit's layers (resolved once by the input checks).
         device: the fit's resolved device.
         layer_sets: when given and ``cfg.layer_resamples > 0``, receives each subject's
             layer sets (:mod:`stages.fit.layer_confidence`) from a bootstrap of the same scores.
+        tokens: per subject, its training features held by the fit's resident source, or None.
     """
     if cfg.warm_start == "none":
         return {}
     started = time.perf_counter()
     seconds = {"layer": 0.0, "space": 0.0}
     layer_targets, space_targets = [], []
-    for store, subject in zip(stores, subjects):
+    for store, subject, held in zip(stores, subjects, tokens or [None] * len(subjects)):
         tic = time.perf_counter()
         bootstrap = None
         if layer_sets is not None and cfg.layer_resamples > 0:
@@ -239,9 +252,12 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
         scores = score_layers(store, subject, layer_indices=layer_indices, grid=cfg.grid, device=device,
                               alphas=SCORE_SETTINGS.alphas, feature_sets=SCORE_SETTINGS.feature_sets,
                               local_pool=SCORE_SETTINGS.local_pool, batch_size=SCORE_SETTINGS.batch_size,
-                              bootstrap=bootstrap)
+                              bootstrap=bootstrap, tokens=held)
         if bootstrap is not None:
-            layer_sets.append(bootstrap.sets())
+            moments = ResponseMoments.of(subject.responses, np.asarray(subject.splits["train"]))
+            layer_sets.append(bootstrap.sets(noise_floor=noise_floor(moments.sum_squares / moments.n,
+                                                                     subject.noise_ceiling),
+                                             model_error=cfg.layer_model_error))
             del bootstrap
         layer_targets.append(score_targets(scores, temperature=cfg.warm_start_temperature))
         seconds["layer"] += time.perf_counter() - tic
@@ -250,7 +266,7 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
             best = np.nan_to_num(scores, nan=-np.inf).argmax(axis=1)
             space_targets.append(centre_targets(cell_scores(store, subject, layer_indices=layer_indices,
                                                             best_layer=best, grid=cfg.grid, seed=cfg.seed,
-                                                            device=device), cfg.grid))
+                                                            device=device, tokens=held), cfg.grid))
             seconds["space"] += time.perf_counter() - tic
     losses = fit_selectors(model, layer_targets=layer_targets, space_targets=space_targets or None)
     return {"warm_start_seconds": time.perf_counter() - started, "warm_start_layer_scores_seconds": seconds["layer"],

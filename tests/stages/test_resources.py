@@ -48,3 +48,16 @@ def test_each_phase_gets_its_own_seconds_and_peak_memory():
     # an open phase reports its time so far; an enclosing phase is charged its inner phases' peaks
     assert running["fit"]["running"] is True and running["fit"]["seconds"] > 0.02
     assert running["fit"]["peak_rss_gb"] >= running["train"]["peak_rss_gb"]
+
+
+def test_tracked_counters_are_recorded_per_phase_as_their_increase():
+    from stages.resources import PhaseMonitor
+
+    count = [0.0]
+    with PhaseMonitor(interval=1.0) as monitor:
+        monitor.track("gb_read", lambda: count[0])
+        for name, amount in (("first", 2.0), ("second", 0.5), ("first", 1.0)):
+            with monitor.phase(name):
+                count[0] += amount
+    record = monitor.record()
+    assert record["first"]["gb_read"] == 3.0 and record["second"]["gb_read"] == 0.5

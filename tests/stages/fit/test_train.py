@@ -140,6 +140,8 @@ def test_saved_fit_is_complete(fitted):
     assert {"prepare", "warm_start", "train", "validate", "predict"} <= set(phases)
     assert all(entry["seconds"] >= 0 and entry["peak_rss_gb"] > 0 for entry in phases.values())
     assert loaded.metrics["feature_source"][0].startswith(("resident", "streamed"))
+    assert loaded.metrics["held_out_source"][0]["val"].startswith(("resident", "streamed"))
+    assert phases["prepare"]["store_gb_read"] > 0          # what each phase decoded from the store
 
 
 @pytest.mark.slow

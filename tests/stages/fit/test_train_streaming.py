@@ -129,3 +129,28 @@ def test_streaming_host_memory_stays_bounded(make_store):
     print(f"streamed {seen} images ({total / 2**20:.0f} MB of features): peak traced allocation {peak / 2**20:.0f} MB")
     assert seen == large.n_images
     assert peak < 0.25 * total
+
+
+def test_held_out_splits_are_read_in_one_pass_and_serve_what_streaming_serves(store):
+    """Two interleaved held-out splits spread over every chunk: held, one read of each chunk serves both, and every
+    later evaluation reads nothing; the batches equal the streamed sources' (the oracle)."""
+    ids = {"val": store.image_ids[0::5], "test": store.image_ids[2::5]}
+    splits = {name: (these, np.arange(len(these) * 2, dtype=np.float32).reshape(-1, 2)) for name, these in ids.items()}
+    common = dict(layer_indices=[1, 0], grid=8, device=torch.device("cpu"), scales=[(2.0, 0.5), (1.0, 4.0)])
+    blocks = store.reads.blocks
+    held = streaming.open_held_out(store, splits, hold=["val", "test"], resident="on", **common)
+    assert store.reads.blocks - blocks == store.n_chunks and "one pass" in held["val"].choice
+    streamed = streaming.open_held_out(store, splits, hold=["val", "test"], resident="off", **common)
+    assert "streamed" in streamed["test"].choice
+    only_val = streaming.open_held_out(store, splits, hold=["val"], resident="on", **common)
+    assert isinstance(only_val["val"], ResidentFeatures) and isinstance(only_val["test"], StreamedFeatures)
+    blocks = store.reads.blocks
+    for name in ids:
+        assert held[name].n_images == len(ids[name])
+        for ours, oracle in zip(held[name].batches(batch_size=6, shuffle=False),
+                                streamed[name].batches(batch_size=6, shuffle=False)):
+            np.testing.assert_array_equal(ours.positions, oracle.positions)
+            for a, b in zip(ours.local + ours.global_ + [ours.target], oracle.local + oracle.global_ + [oracle.target]):
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
+        np.testing.assert_array_equal(held[name].targets, splits[name][1])
+    assert store.reads.blocks - blocks == 2 * store.n_chunks    # only the streamed sources read

@@ -126,3 +126,17 @@ def test_fit_reports_the_warm_start_layer_sets_and_keeps_them_across_a_resume(st
     assert "layer_set_size" not in none.vertices
     with pytest.raises(ConfigError, match="layer_resamples"):
         FitConfig(layer_resamples=-1)
+
+
+@pytest.mark.store(n_images=64, channels=(6, 8, 12), chunk_images=16)
+def test_a_resident_fit_warm_starts_from_its_held_features_with_the_streamed_layer_sets(store, make_subject):
+    """Held features: the warm start reads nothing from the store and finds the streamed fit's layer sets."""
+    subject, _ = make_subject(n_vertices=4)
+    cfg = FitConfig(epochs=1, batch_size=16, warm_start="layer+space", device="cpu", layer_resamples=20)
+    fits = {mode: train_module.fit_factortopy(store, subject, dataclasses.replace(cfg, resident=mode),
+                                              checkpoint_dir=None, progress=False) for mode in ("on", "off")}
+    read = {mode: fit.metrics["phases"]["warm_start"]["store_gb_read"] for mode, fit in fits.items()}
+    assert read["on"] == 0 and read["off"] > 0
+    for layer in range(3):
+        column = f"layer_in_set_{layer:02d}"
+        np.testing.assert_array_equal(fits["on"].vertices[column], fits["off"].vertices[column])
