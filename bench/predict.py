@@ -10,7 +10,9 @@ start; the numbers of a prediction do not depend on how well it fits), and ``--i
   decoding, forward passes, store writes);
 - ``readout``: ``LoadedFit.predict_store`` streaming the store in blocks into the Zarr array;
 - ``fit_pass``: the fit's own pass, ``stages.fit.train.predict`` over a feature source of the same images
-  as the fit builds it for its test split (resident when it fits), in z-units, no writing: the baseline.
+  as the fit builds it for its test split (resident when it fits), in z-units, no writing: the baseline;
+- ``ridge_readout``: a ridge fit of the same subject (its ``coefficients.safetensors``) predicting the same
+  store into a Zarr array (the ridge side of the one predictor interface).
 
 Prints images/s end to end and per phase, the share of time in extraction vs read-out, the read-out's
 ratio to the fit's own pass, and the peak RSS of each phase.
@@ -36,7 +38,9 @@ import numpy as np
 
 from pipeline import cli, runroot
 from pipeline.api import load_fit
+from stages.fit.coefficients import COEFFICIENTS_FILE
 from stages.fit.config import FitConfig
+from stages.fit.ridge import RidgeConfig, fit_ridge
 from stages.fit.streaming import open_features
 from stages.fit.train import fit_factortopy, predict
 from stages.resources import PhaseMonitor
@@ -85,10 +89,14 @@ def main() -> int:
         assert cli.main([*base, "features", "--model", args.model, "--random-init", "--imageset", "seen",
                          "--device", args.device, "--no-progress"]) == 0
         store = FeatureStore.open(runroot.feature_store_path(root, "seen", args.model))
-        result = fit_factortopy(store, random_subject(store, args.vertices),
+        subject = random_subject(store, args.vertices)
+        result = fit_factortopy(store, subject,
                                 FitConfig(epochs=1, batch_size=8, warm_start="none", device=args.device, layer_resamples=0),
                                 checkpoint_dir=None, progress=False)
         fit = load_fit(result.save(runroot.fit_dir(root, args.model, "subj01")))
+        ridge = load_fit(fit_ridge(store, subject, RidgeConfig(layer_resamples=0, device=args.device)).save(
+            runroot.fit_dir(root, args.model, "subj01", "ridge")))
+        coefficient_mb = (ridge.path / COEFFICIENTS_FILE).stat().st_size / 2**20
         with PhaseMonitor() as monitor:
             with monitor.phase("features"):
                 new, ids = fit.image_store(root / "imagesets" / "new", device=args.device)
@@ -103,20 +111,26 @@ def main() -> int:
                 started = time.perf_counter()
                 predict(predictor.model, source, predictor.cfg, predictor.precision)
                 own = time.perf_counter() - started
+            with monitor.phase("ridge_readout"):
+                ridge.predict_store(new, ids, out=Path(work) / "ridge.zarr", device=args.device)
         phases = monitor.record()
     seconds = {name: entry["seconds"] for name, entry in phases.items()}
     total = seconds["features"] + seconds["readout"]
     summary = {"images": args.images, "vertices": args.vertices, "model": args.model, "device": str(predictor.device),
                "images_per_s": args.images / total, "readout_images_per_s": args.images / seconds["readout"],
                "features_share": seconds["features"] / total, "readout_share": seconds["readout"] / total,
-               "readout_vs_fit_pass": seconds["readout"] / own, "phases": phases}
+               "readout_vs_fit_pass": seconds["readout"] / own,
+               "ridge_readout_images_per_s": args.images / seconds["ridge_readout"],
+               "ridge_coefficients_mb": coefficient_mb, "phases": phases}
     print(f"predict {args.images} new images x {args.vertices} vertices, {args.model} on {summary['device']}: "
           f"{summary['images_per_s']:.1f} images/s end to end ({summary['features_share']:.0%} of the time in "
           f"feature extraction, {summary['readout_share']:.0%} in the read-out)")
     print(f"read-out {summary['readout_images_per_s']:.1f} images/s; fit's own prediction pass "
           f"{args.images / own:.1f} images/s; ratio read-out / fit pass {summary['readout_vs_fit_pass']:.2f}")
+    print(f"ridge read-out {summary['ridge_readout_images_per_s']:.1f} images/s (coefficients.safetensors "
+          f"{coefficient_mb:.0f} MB)")
     for name, entry in phases.items():
-        print(f"  {name:10s} {entry['seconds']:7.2f} s   peak RSS {entry['peak_rss_gb']:.2f} GB")
+        print(f"  {name:13s} {entry['seconds']:7.2f} s   peak RSS {entry['peak_rss_gb']:.2f} GB")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
     return 0

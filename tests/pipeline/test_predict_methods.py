@@ -19,13 +19,15 @@ from sklearn.linear_model import Ridge
 from cache.errors import InvalidInputError, MissingInputError
 from cache.store import FeatureStore
 from pipeline import cli, runroot
-from pipeline.api import load_fit
+from pipeline.api import load_fit, open_store
 from pipeline.surfaces import shared_sphere_coordinates
 from pipeline.synthetic.noise_free import noise_free_responses, planted_mechanism
+from stages.fit import coefficients as coefficients_module
 from stages.fit.coefficients import COEFFICIENTS_FILE, read_coefficients
 from stages.fit.config import FitConfig
 from stages.fit.metrics import pearson_r, r2_score
 from stages.fit.multisubject import fit_factortopy_multi
+from stages.fit.result import FIT_JSON
 from stages.fit.ridge import RidgeConfig, fit_ridge
 from insilico_world import build_world
 
@@ -38,8 +40,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The world plus fit folders: ``ridge`` and ``banded-ridge`` of subj01, ``joint`` (subj02 of a joint fit)."""
     world = build_world(tmp_path_factory.mktemp("methods") / "runs", subjects=(1, 2))
     root, subject = world["root"], world["subject"]
-    folders = {method: fit_ridge(world["store"], subject, cfg).save(runroot.fit_dir(root, "fake", subject.name, method))
-               for method, cfg in RIDGE.items()}
+    results = {method: fit_ridge(world["store"], subject, cfg) for method, cfg in RIDGE.items()}
+    folders = {method: result.save(runroot.fit_dir(root, "fake", subject.name, method))
+               for method, result in results.items()}
     names = [s.name for s in world["subjects"]]
     joint = fit_factortopy_multi(world["store"], shared_sphere_coordinates(world["subjects"]), FitConfig(epochs=1, warm_start="none",
                                                                                device="cpu"),
@@ -47,7 +50,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for result in joint:
         result.save(runroot.joint_fit_dir(root, "fake", names, result.subject))
     folders["joint"] = runroot.joint_fit_dir(root, "fake", names, names[1])
-    return {**world, "fits": folders}
+    return {**world, "fits": folders, "ridge_result": results["ridge"]}
 
 
 @pytest.mark.parametrize("kind", ["ridge", "banded-ridge", "joint"])
@@ -115,6 +118,14 @@ def test_new_images_follow_the_planted_noise_free_responses(world: dict, kind: s
     assert r_new > 0.3
 
 
+def test_the_command_finds_a_ridge_fit_by_method_and_writes_the_api_numbers(world: dict) -> None:
+    assert cli.main(["--run-root", str(world["root"]), "predict", "--model", "fake", "--subject", "subj01",
+                     "--method", "ridge", "--store", str(world["novel"].path)]) == 0
+    written = open_store(runroot.predictions_path(world["root"], world["fits"]["ridge"], "novel"))
+    assert written.attrs["fit"]["method"] == "ridge" and written.attrs["units"].startswith("the fit's response")
+    assert np.array_equal(written.values, load_fit(world["fits"]["ridge"]).predict(store=world["novel"].path).values)
+
+
 def test_a_missing_or_damaged_coefficient_file_is_refused_in_one_line(world: dict, tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:
     source = world["fits"]["ridge"]
@@ -169,3 +180,15 @@ def test_preferred_ranks_by_the_subject_average_of_several_fits(world: dict, tmp
     assert np.median(list(rho.values())) > 0.3
     page = (out / "index.html").read_text()
     assert "average over these 2 subjects" in page and not (out / "clusters.parquet").exists()
+
+
+def test_a_ridge_fit_folder_gets_fit_json_only_after_its_coefficients(world: dict, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """fit.json marks a finished fit: when writing the coefficients fails, it is not written."""
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(coefficients_module, "write_coefficients", fail)
+    with pytest.raises(OSError, match="disk full"):
+        world["ridge_result"].save(tmp_path / "fit")
+    assert not (tmp_path / "fit" / FIT_JSON).exists()
