@@ -124,3 +124,30 @@ def image_folder(folder: Path, ids: list[str]) -> dict[str, Path]:
         files[image_id] = folder / f"{image_id}.png"
         Image.fromarray(pixels).save(files[image_id])
     return files
+
+
+#: Layers of the derived network: each made from one layer of the source store (its counterpart).
+DERIVED_SOURCES = (0, 0, 1, 2, 3, 3)
+
+
+def derived_store(path: Path, source: FeatureStore, *, seed: int = 5) -> FeatureStore:
+    """Another "network" over the same images: layer j is a random rotation-and-stretch of source layer
+    DERIVED_SOURCES[j]'s tokens (other width) plus noise."""
+    rng = np.random.default_rng(seed)
+    features = source.read(list(source.image_ids))
+    grid = features.local[0].shape[-1]
+    widths = tuple(int(features.local[s].shape[1]) + 4 for s in DERIVED_SOURCES)
+    local, global_ = [], []
+    for width, layer in zip(widths, DERIVED_SOURCES):
+        tokens = features.local[layer].astype(np.float64)
+        mixing = rng.normal(size=(width, tokens.shape[1]))
+        mixed = np.einsum("wc,ncyx->nwyx", mixing, tokens)
+        mixed += 0.3 * mixed.std() * rng.normal(size=mixed.shape)
+        local.append(mixed.astype(np.float32))
+        global_.append(mixed.mean(axis=(2, 3)).astype(np.float32))
+    layout = StoreLayout(layer_names=tuple(f"stage{j}" for j in range(len(DERIVED_SOURCES))), n_channels=widths,
+                         grids=(grid,), dtype="float32", chunk_images=None)
+    store = FeatureStore.create(path, image_ids=list(source.image_ids), layout=layout,
+                                provenance={"model": {"model_id": "derived"}})
+    write_features(store, {grid: local}, global_)
+    return store

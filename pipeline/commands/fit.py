@@ -36,9 +36,10 @@ HELP = ("stage two: fit a subject's responses from a model's feature store and w
 METHODS = ("factortopy", "ridge", "banded-ridge")
 #: Flags that set FitConfig keys (argparse destinations; dotted ones set nested keys).
 FIT_FLAGS = ("epochs", "batch_size", "lr", "selector_lr", "layer_lr", "patience", "layers", "warm_start",
-             "model.scale_mode", "smoothness_weight", "seed", "device", "precision", "resident", "layer_resamples")
+             "model.scale_mode", "smoothness_weight", "seed", "device", "precision", "resident", "layer_resamples",
+             "layer_model_error")
 #: Flags that set RidgeConfig keys.
-RIDGE_FLAGS = ("layers", "seed", "device", "layer_resamples")
+RIDGE_FLAGS = ("layers", "seed", "device", "layer_resamples", "layer_model_error")
 CHECKPOINT_FOLDER = "checkpoint"
 DEFAULT_SUBJECT = "1"
 
@@ -95,6 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--layer-resamples", type=int, default=None, metavar="B",
                        help="bootstrap replicates behind each vertex's 90 %% layer set and layer confidence "
                             "(FactorTopy with a warm start, and ridge); 0 = none (default 100)")
+    train.add_argument("--layer-model-error", type=float, default=None, metavar="W",
+                       help="widen each layer set by W x the best layer's error above the noise floor, for a "
+                            "network that is not the brain's; needs a noise ceiling; 0 = resampling noise only "
+                            f"(default {defaults.layer_model_error:g})")
     train.add_argument("--seed", type=int, default=None, help="seed of initialisation and batch order (default 0)")
     compute = parser.add_argument_group("compute")
     compute.add_argument("--device", default=None,

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from cache.errors import ConfigError
 from stages.device import Precision
 from stages.fit.factortopy import FactorTopyConfig
+from stages.fit.layer_confidence import MODEL_ERROR
 
 
 #: Every float setting of :class:`FitConfig`: (lowest value, whether the lowest itself is allowed).
@@ -35,6 +36,7 @@ FLOAT_RANGES: dict[str, tuple[float, bool]] = {
     "lr": (0.0, False), "selector_lr": (0.0, False), "layer_lr": (0.0, True), "weight_decay": (0.0, True),
     "loss_beta": (0.0, False), "prior_weight": (0.0, True), "prior_fade_epochs": (0.0, True),
     "clip_grad_norm": (0.0, False), "warm_start_temperature": (0.0, False), "smoothness_weight": (0.0, True),
+    "layer_model_error": (0.0, True),
 }
 
 
@@ -82,6 +84,9 @@ class FitConfig:
         layer_resamples: bootstrap replicates of the warm start's per-layer errors behind each
             vertex's 90 % layer set and layer confidence (``stages.fit.layer_confidence``); 0 = none.
             Needs a warm start (the reference preset has none, so its fits carry no layer sets).
+        layer_model_error: weight of the layer sets' allowance for model error, a share of the best
+            layer's error above the noise floor (``stages.fit.layer_confidence``; needs the subject's
+            noise ceiling); 0 = resampling noise only.
         normalise_layers: scale each layer's local and global features to unit RMS (factors from
             up to 256 training images, recorded as ``feature_scales`` in the fit's metrics) so no
             layer wins the layer selector by sheer activation magnitude.
@@ -118,6 +123,7 @@ class FitConfig:
     warm_start: Literal["none", "layer", "layer+space"] = "layer+space"
     warm_start_temperature: float = 0.02
     layer_resamples: int = 100
+    layer_model_error: float = MODEL_ERROR
     normalise_layers: bool = True
     smoothness_weight: float = 0.0
     patience: int = 4

@@ -58,7 +58,7 @@ from stages.fit.ridge_features import FEATURE_SETS, Normalisation, batch_feature
 from stages.fit.ridge_solver import (
     KernelSpectrum, choose_alphas, loo_errors, loo_residuals, predict, spectrum_from_features, spectrum_from_kernel,
 )
-from stages.fit.layer_confidence import N_RESAMPLES, LayerBootstrap
+from stages.fit.layer_confidence import MODEL_ERROR, N_RESAMPLES, LayerBootstrap, noise_floor
 from stages.subject import Subject
 
 METHODS = ("ridge", "banded-ridge")
@@ -82,6 +82,7 @@ class RidgeConfig:
         layer_resamples: ``method="ridge"``: bootstrap replicates of the per-layer leave-one-out
             errors behind each vertex's 90 % layer set and layer confidence
             (``stages.fit.layer_confidence``); 0 = none.
+        layer_model_error: weight of the layer sets' allowance for model error (as ``FitConfig``'s).
         seed: seeds the band-weight draws.
         batch_size: images per read from the store.
         device: where the solver runs (``stages.device``): ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
@@ -97,6 +98,7 @@ class RidgeConfig:
     banded_samples: int = 20
     layer_temperature: float = 0.02
     layer_resamples: int = N_RESAMPLES
+    layer_model_error: float = MODEL_ERROR
     seed: int = 0
     batch_size: int = 256
     device: str = "auto"
@@ -113,6 +115,7 @@ class RidgeConfig:
         for alpha in self.alphas:
             check_float("alphas", alpha, 0.0, closed=False)
         check_float("layer_temperature", self.layer_temperature, 0.0, closed=False)
+        check_float("layer_model_error", self.layer_model_error, 0.0, closed=True)
         for name in ("local_pool", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -262,7 +265,9 @@ def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, layer_indic
         for layer in range(n_layers):
             extra[f"cv_r2_layer_{layer:02d}"] = per_layer[:, layer].astype(np.float32)
         if bootstrap is not None:
-            extra.update(bootstrap.sets().columns(per_layer.argmax(axis=1)))
+            floor = noise_floor(variance, subject.noise_ceiling)
+            extra.update(bootstrap.sets(noise_floor=floor, model_error=cfg.layer_model_error)
+                         .columns(per_layer.argmax(axis=1)))
     else:
         bands = [_band(features, layer, cfg) for layer in range(n_layers)]
         kernels = [band[train] @ band[train].T for band in bands]

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stages.fit.layer_confidence import LayerBootstrap, LayerSets, layer_sets
+from stages.fit.layer_confidence import LayerBootstrap, LayerSets, layer_sets, noise_floor
 
 
-def plain_sets(errors: np.ndarray, replicates: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """The rule vertex by vertex, layer by layer, with numpy's quantile."""
+def plain_sets(errors: np.ndarray, replicates: np.ndarray, level: float,
+               allowance: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The rule vertex by vertex, layer by layer, with numpy's quantile (plus a per-vertex allowance)."""
     n_resamples, n_layers, n_vertices = replicates.shape
     in_set = np.zeros((n_vertices, n_layers), dtype=bool)
     frequency = np.zeros((n_vertices, n_layers))
@@ -18,7 +19,7 @@ def plain_sets(errors: np.ndarray, replicates: np.ndarray, level: float) -> tupl
         for layer in range(n_layers):
             deficit = errors[layer, v] - errors[best, v]
             chance = [(replicates[b, layer, v] - replicates[b, best, v]) - deficit for b in range(n_resamples)]
-            in_set[v, layer] = deficit <= np.quantile(chance, level)
+            in_set[v, layer] = deficit <= np.quantile(chance, level) + (0 if allowance is None else allowance[v])
         for b in range(n_resamples):
             frequency[v, np.argmin(replicates[b, :, v])] += 1 / n_resamples
     return in_set, frequency
@@ -69,12 +70,41 @@ def test_one_layer_is_its_own_set_and_json_round_trips():
     one = layer_sets(torch.ones(1, 3), torch.ones(10, 1, 3))
     assert one.in_set.all() and (one.best_frequency == 1).all()
     rng = np.random.default_rng(2)
-    sets = LayerSets(in_set=rng.random((6, 4)) < 0.5, best_frequency=rng.random((6, 4)).astype(np.float32),
-                     level=0.9, n_resamples=50)
+    in_set = rng.random((6, 4)) < 0.5
+    sets = LayerSets(in_set=in_set, best_frequency=rng.random((6, 4)).astype(np.float32), level=0.9, n_resamples=50,
+                     sampling_size=np.minimum(in_set.sum(axis=1), 1).astype(np.int32), model_error=0.1)
     back = LayerSets.from_json(sets.to_json())
     np.testing.assert_array_equal(back.in_set, sets.in_set)
+    np.testing.assert_array_equal(back.sampling_size, sets.sampling_size)
+    assert back.model_error == 0.1
     np.testing.assert_allclose(back.best_frequency, sets.best_frequency, atol=1e-4)
     columns = sets.columns(np.array([0, 1, 2, 3, 0, 1]))
     assert columns["layer_set_size"].tolist() == sets.in_set.sum(axis=1).tolist()
+    assert columns["layer_set_size_sampling"].tolist() == sets.sampling_size.tolist()
     assert columns["layer_confidence"][1] == sets.best_frequency[1, 1]
     assert columns["layer_in_set_03"].tolist() == sets.in_set[:, 3].tolist()
+
+
+def test_the_model_error_allowance_widens_by_the_best_layers_excess_over_the_noise_floor():
+    """The allowance is model_error x (best error - floor) per vertex, against the plain loop; no ceiling, no
+    allowance; a floor above the best error (a ceiling that is too high) gives none either."""
+    rng = np.random.default_rng(3)
+    errors = rng.uniform(1.0, 1.2, size=(6, 30))
+    replicates = errors[None] + rng.normal(0, 0.02, size=(40, 6, 30))
+    floor = rng.uniform(0.2, 1.3, size=30)
+    sets = layer_sets(torch.as_tensor(errors), torch.as_tensor(replicates), level=0.9, noise_floor=floor,
+                      model_error=0.3)
+    allowance = 0.3 * np.maximum(errors.min(axis=0) - floor, 0)
+    in_set, _ = plain_sets(errors, replicates, 0.9, allowance)
+    np.testing.assert_array_equal(sets.in_set, in_set)
+    plain, _ = plain_sets(errors, replicates, 0.9)
+    assert sets.sampling_size.tolist() == plain.sum(axis=1).tolist()
+    assert sets.in_set.sum() > plain.sum() and sets.model_error == 0.3
+    without = layer_sets(torch.as_tensor(errors), torch.as_tensor(replicates), level=0.9, model_error=0.3)
+    np.testing.assert_array_equal(without.in_set, plain)
+    assert without.model_error == 0.0
+
+
+def test_noise_floor_is_the_unexplainable_share_of_the_variance():
+    assert noise_floor(np.array([2.0, 4.0]), None) is None
+    np.testing.assert_allclose(noise_floor(np.array([2.0, 4.0]), np.array([0.25, 1.0], dtype=np.float32)), [1.5, 0.0])
