@@ -90,8 +90,8 @@ def main() -> int:
                          "--device", args.device, "--no-progress"]) == 0
         store = FeatureStore.open(runroot.feature_store_path(root, "seen", args.model))
         subject = random_subject(store, args.vertices)
-        result = fit_factortopy(store, subject,
-                                FitConfig(epochs=1, batch_size=8, warm_start="none", device=args.device, layer_resamples=0),
+        result = fit_factortopy(store, subject, FitConfig(epochs=1, batch_size=8, warm_start="none",
+                                                          device=args.device, layer_resamples=0),
                                 checkpoint_dir=None, progress=False)
         fit = load_fit(result.save(runroot.fit_dir(root, args.model, "subj01")))
         ridge = load_fit(fit_ridge(store, subject, RidgeConfig(layer_resamples=0, device=args.device)).save(

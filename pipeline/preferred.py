@@ -133,8 +133,8 @@ def write_preferred_page(folder: Path, means: pd.DataFrame, *, files: Mapping[st
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;margin:1em} .row{display:flex;flex-wrap:wrap;gap:6px;align-items:flex-end}"
             " figure{margin:0;text-align:center;font-size:11px} h3{width:4em;margin:0}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>Images ranked by each ROI's mean predicted response ({html.escape(units)}); "
-            f"the full ranking is in {TABLE}.{' ' + html.escape(note) if note else ''}</p>{sections}</body></html>")
+            f"<h1>{html.escape(title)}</h1><p>Images ranked by each ROI's mean predicted response "
+            f"({html.escape(units)}); the full ranking is in {TABLE}.{' ' + html.escape(note) if note else ''}</p>{sections}</body></html>")
     (partial / PAGE).write_text(page, encoding="utf-8")
     retired = folder.with_name(folder.name + ".old")
     if folder.exists():

@@ -143,8 +143,9 @@ def read_coefficients(directory: Path, *, n_vertices: int, layer_names: tuple[st
         blocks = [tuple((str(name), int(layer)) for name, layer in group) for group in json.loads(metadata["groups"])]
         recorded = tuple(json.loads(metadata["layer_names"]))
     except (SafetensorError, OSError, KeyError, ValueError, TypeError) as error:
-        raise InvalidInputError(f"{path} is not a readable coefficient file ({str(error)[:120] or type(error).__name__});"
-                                " it is truncated or corrupt: fit again with `bddn fit`") from None
+        reason = str(error)[:120] or type(error).__name__
+        raise InvalidInputError(f"{path} is not a readable coefficient file ({reason}); it is truncated or corrupt: "
+                                "fit again with `bddn fit`") from None
     if recorded != tuple(layer_names):
         raise InvalidInputError(f"{path} was written for layers {list(recorded)}, the fit's table has "
                                 f"{list(layer_names)}: they are not from one fit; fit again")

@@ -279,9 +279,9 @@ def _fit(store: FeatureStore, subject: Subject, cfg: RidgeConfig, *, layer_indic
                      for split, blocks in crosses.items()}
             read = [layer for layer, g in enumerate(gamma.tolist()) if g > 0]
             consider(index, spectrum, cross, tuple(block for layer in read for block in _band_blocks(layer, cfg)),
-                     _chunked(lambda columns, alpha, spectrum=spectrum, gamma=gamma, read=read: torch.cat([
-                         gamma[layer] * _band_factor(cfg) * bands[layer][train].T
-                         @ predict(spectrum, spectrum.basis, targets[:, columns], alpha) for layer in read])))
+                     _chunked(_banded_primal(spectrum, [bands[layer] for layer in read],
+                                             [float(gamma[layer]) * _band_factor(cfg) for layer in read], train,
+                                             targets)))
         weights = gammas[best.candidate].numpy()
         scale = np.full(subject.n_vertices, {"global": 1.0, "local": 0.0, "both": np.nan}[cfg.banded_features],
                         dtype=np.float32)
@@ -315,7 +315,19 @@ def _features(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[
 
 def _band(features: dict[str, list[torch.Tensor]], layer: int, cfg: RidgeConfig) -> torch.Tensor:
     """One layer's band of features, float64 (n_images, n_features): its blocks side by side, times the band factor."""
-    return torch.cat([features[name][layer] for name, _ in _band_blocks(layer, cfg)], dim=1).double() * _band_factor(cfg)
+    blocks = [features[name][layer] for name, _ in _band_blocks(layer, cfg)]
+    return torch.cat(blocks, dim=1).double() * _band_factor(cfg)
+
+
+def _banded_primal(spectrum: KernelSpectrum, bands: Sequence[torch.Tensor], scales: Sequence[float],
+                   train: np.ndarray, targets: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``compute(columns, alphas)`` for :func:`_chunked`: a banded candidate's weights on the normalised features,
+    shape (n_features, n_columns): the dual coefficients ``c`` once, then ``scale_l * band_l[train]^T c`` for each
+    band it reads (``scale_l``: the band weight times the band factor), stacked in order."""
+    def compute(columns: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+        dual = predict(spectrum, spectrum.basis, targets[:, columns], alphas)           # (n_train, n_columns)
+        return torch.cat([scale * (band[train].T @ dual) for band, scale in zip(bands, scales)])
+    return compute
 
 
 def _band_blocks(layer: int, cfg: RidgeConfig) -> tuple[Block, ...]:
