@@ -16,33 +16,34 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cache.store import FeatureBatch
+from stages.fit.pooled_features import pooled_sets
 
 FEATURE_SETS = ("global", "local")
 
 
 def batch_features(batch: FeatureBatch, layer_indices: Sequence[int], *, local_pool: int,
-                   feature_sets: Sequence[str] = FEATURE_SETS) -> dict[str, list[torch.Tensor]]:
-    """Raw ridge features of one store batch, per feature set and layer.
+                   feature_sets: Sequence[str] = FEATURE_SETS,
+                   device: torch.device = torch.device("cpu")) -> dict[str, list[torch.Tensor]]:
+    """Raw ridge features of one store batch, per feature set and layer (the warm start's pooling,
+    ``stages.fit.pooled_features.pooled_sets``).
 
     Args:
         batch: a batch of ``FeatureStore.iter_batches`` (read at the fit's grid).
-        layer_indices: store layer indices, in the fit's order.
+        layer_indices: indices into the batch's layers, in the fit's order.
         local_pool: side of the pooled local grid.
         feature_sets: which sets to compute.
+        device: where the features are made.
 
     Returns:
         set name -> per layer (in ``layer_indices`` order), float32 tensor of shape (n_batch, n_features_l).
     """
     out: dict[str, list[torch.Tensor]] = {name: [] for name in feature_sets}
     for layer in layer_indices:
-        if "global" in out:
-            out["global"].append(torch.as_tensor(batch.global_[layer], dtype=torch.float32))
-        if "local" in out:
-            pooled = F.adaptive_avg_pool2d(torch.as_tensor(batch.local[layer], dtype=torch.float32), local_pool)
-            out["local"].append(pooled.flatten(1))
+        for name, values in pooled_sets(batch.global_[layer], batch.local[layer], local_pool=local_pool,
+                                        feature_sets=feature_sets, device=device).items():
+            out[name].append(values)
     return out
 
 

@@ -97,7 +97,7 @@ class RidgePredictor:
             for batch in store.iter_batches(chosen, batch_size=self.batch_size, grid=self.coefficients.grid,
                                             layers=indices):
                 raw = batch_features(batch, range(len(indices)), local_pool=self.coefficients.local_pool,
-                                     feature_sets=sets)
+                                     feature_sets=sets, device=self.device)
                 rows = torch.as_tensor(batch.positions, device=self.device)
                 out[rows] = self._read_out(raw, slot)
             yield start, out.cpu().numpy()
@@ -105,7 +105,7 @@ class RidgePredictor:
     def _read_out(self, raw: dict[str, list[torch.Tensor]], slot: dict[int, int]) -> torch.Tensor:
         """float32 (n_batch, n_vertices): every group's weights on its normalised blocks, plus the intercepts."""
         normalised: dict[Block, torch.Tensor] = {
-            (name, layer): norm.apply(raw[name][slot[layer]].to(self.device))
+            (name, layer): norm.apply(raw[name][slot[layer]])
             for (name, layer), norm in self.coefficients.normalisations.items()}
         n_batch = next(iter(normalised.values())).shape[0]
         out = self._intercept.expand(n_batch, -1).clone()
