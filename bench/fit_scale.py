@@ -6,8 +6,10 @@ float16: ~11.8 GB), a synthetic subject of 37,984 vertices (subj01's nsdgeneral 
 whose responses are planted low-rank read-outs of those features, and fits it with
 ``stages.fit.train.fit_factortopy`` under the improved default ``FitConfig()``
 (``--epochs`` epochs, device and resident mode ``auto``). Reports the store build, the
-subject, and the fit's warm start / training / remaining time, images per second, peak
-host RSS per phase (sampled with psutil, child processes included), peak GPU memory,
+subject, and the fit's warm start / training / remaining time (the warm start also in training
+epochs, a validation pass as a share of an epoch, the fit extrapolated to 20 epochs), images per
+second, peak host RSS and gigabytes decoded from the store per phase (sampled with psutil, child
+processes included), peak GPU memory,
 held-out R^2 and the share of vertices whose chosen layer is the planted one. Unless
 ``--skip-step-bench``, it then runs ``bench/fit.py`` (training-step time and peak memory
 of ours against the plain implementation) at the same scale on the same device. The
@@ -87,6 +89,8 @@ FIT_METRICS = ("warm_start_seconds", "warm_start_layer_scores_seconds", "warm_st
                "train_seconds", "epochs_run", "best_epoch", "steps", "device", "precision", "resident", "mean_r2_val",
                "mean_r2_test", "median_r2_test_nc")
 STEP_BENCH_TIMEOUT_S = 240
+#: Epochs of the full fit the one-epoch CPU runs are extrapolated to.
+EXTRAPOLATED_EPOCHS = 20
 
 
 def parse_args() -> argparse.Namespace:
@@ -123,9 +127,9 @@ def estimate_needs(args: argparse.Namespace) -> dict[str, float]:
     memory of the fit's largest phase) and ``gpu`` (resident features plus the warm start's statistics).
 
     Host terms: the responses (float32, held by the subject throughout), and the larger of the warm
-    start (its accumulators, ``layer_scores.BUDGET_BYTES``, plus one layer's solve and the per-cell
-    cross products) and training (the z-scored training targets and about three shuffle buffers),
-    plus ~1.5 GB of libraries, model and held-out predictions.
+    start (its held pooled features and accumulators, ``layer_scores.BUDGET_BYTES``, plus one layer's
+    solve and the per-cell cross products) and training (the z-scored training targets and about three
+    shuffle buffers), plus ~1.5 GB of libraries, model and held-out features and predictions.
     """
     store = store_bytes(args)
     responses = args.images * args.vertices * 4.0
@@ -237,6 +241,7 @@ def run_fit(store: FeatureStore, subject: Subject, planted_layer: np.ndarray, ar
     out.update({key: metrics[key] for key in FIT_METRICS if key in metrics})
     out["phases"] = metrics.get("phases", {})
     out["feature_source"] = metrics.get("feature_source")
+    out["held_out_source"] = metrics.get("held_out_source")
     if "train_seconds" in metrics and "epochs_run" in metrics:
         out["images_per_s"] = metrics["epochs_run"] * len(subject.splits["train"]) / metrics["train_seconds"]
         out["other_seconds"] = seconds - metrics["train_seconds"] - metrics.get("warm_start_seconds", 0.0)
@@ -244,12 +249,25 @@ def run_fit(store: FeatureStore, subject: Subject, planted_layer: np.ndarray, ar
         out["epoch_seconds"] = epoch_seconds
         out["warm_start_epochs"] = metrics.get("warm_start_seconds", 0.0) / epoch_seconds
         out["warm_start_share"] = metrics.get("warm_start_seconds", 0.0) / seconds
+        out.update(extrapolate(out["phases"], epochs_run=metrics["epochs_run"], epochs=EXTRAPOLATED_EPOCHS))
     out["epoch_images_per_s"] = [round(row.get("images_per_s", float("nan")), 1) for row in result.history]
     if cuda:
         out["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / GB
         out["peak_gpu_reserved_gb"] = torch.cuda.max_memory_reserved() / GB
         torch.cuda.empty_cache()   # the step benchmark's processes come next
     return out, result
+
+
+def extrapolate(phases: dict[str, dict[str, float]], *, epochs_run: int, epochs: int) -> dict[str, float]:
+    """A validation pass as a share of a training epoch, and the fit's seconds at ``epochs`` epochs: the warm
+    start, the preparation and the final predictions once, training and validation per epoch."""
+    def seconds(name: str) -> float:
+        return phases.get(name, {}).get("seconds", 0.0)
+
+    epoch, validate = seconds("train") / epochs_run, seconds("validate") / epochs_run
+    once = seconds("warm_start") + seconds("prepare") + seconds("predict")
+    return {"validate_share_of_epoch": validate / max(epoch, 1e-9),
+            f"extrapolated_{epochs}_epoch_seconds": once + epochs * (epoch + validate)}
 
 
 def environment() -> dict[str, Any]:
@@ -374,16 +392,19 @@ def print_phase_table(summary: dict[str, Any]) -> None:
     """Seconds and peak host RSS of every phase, the fit's own phases indented under it."""
     seconds, peaks = summary.get("phase_seconds", {}), summary.get("peak_rss_gb", {})
     inner = summary.get("fit", {}).get("phases", {}) if isinstance(summary.get("fit"), dict) else {}
-    print(f"{'phase':24s} {'seconds':>9s} {'peak RSS GB':>12s}")
+    print(f"{'phase':24s} {'seconds':>9s} {'peak RSS GB':>12s} {'store GB read':>14s}")
     for name, value in seconds.items():
         print(f"{name:24s} {value:9.1f} {peaks.get(name, float('nan')):12.2f}")
         if name == "fit":
             for inner_name, entry in inner.items():
-                print(f"  {inner_name:22s} {entry['seconds']:9.1f} {entry['peak_rss_gb']:12.2f}")
+                print(f"  {inner_name:22s} {entry['seconds']:9.1f} {entry['peak_rss_gb']:12.2f} "
+                      f"{entry.get('store_gb_read', float('nan')):14.2f}")
     fit = summary.get("fit", {})
     if "warm_start_epochs" in fit:
         print(f"warm start: {fit.get('warm_start_seconds', 0):.1f} s = {fit['warm_start_epochs']:.2f} training epochs "
-              f"({fit['warm_start_share']:.0%} of the fit); one epoch {fit['epoch_seconds']:.1f} s")
+              f"({fit['warm_start_share']:.0%} of the fit); one epoch {fit['epoch_seconds']:.1f} s; a validation pass "
+              f"{fit['validate_share_of_epoch']:.1%} of an epoch; {EXTRAPOLATED_EPOCHS} epochs: "
+              f"{fit[f'extrapolated_{EXTRAPOLATED_EPOCHS}_epoch_seconds'] / 60:.1f} min")
 
 
 if __name__ == "__main__":
