@@ -19,8 +19,9 @@ import pandas as pd
 
 from pipeline import cli
 from pipeline.report.inputs import load_input, load_report_meshes
-from pipeline.report.output import save_figure
+from pipeline.report.output import save_figure, save_table
 from pipeline.sweep.plan import Task
+from pipeline.sweep.planted import planted_table
 from pipeline.sweep.table import FINISHED
 from stages.fit.result import FIT_JSON, FitResult
 from stages.report.config import ReportConfig, with_space_extent
@@ -34,6 +35,11 @@ COMPARE_TABLES = {
     "depth_agreement": "Network-to-network agreement per ROI: Spearman rank correlation of relative depth over "
                        "the ROI's vertices, per subject fitted with both networks, averaged over subjects",
 }
+#: Heading of the table of fits scored against the planted answer (synthetic subjects).
+PLANTED_HEADING = ("Against the planted answer: each network's counterpart of the planted block is its layer of "
+                   "highest linear CKA; rank correlation of planted and shown relative depth, test R^2 / noise "
+                   "ceiling, share of vertices whose map shows the counterpart, whose 90 % layer set holds it (or a "
+                   "layer next to it), the sets' mean size (and from resampling alone)")
 
 
 def finished_fits(tasks: Sequence[Task], table: pd.DataFrame) -> dict[str, dict[tuple[str, str], Path]]:
@@ -66,6 +72,10 @@ def write_sweep_report(folder: Path, tasks: Sequence[Task], table: pd.DataFrame,
                            for stem, heading in COMPARE_TABLES.items() if (out / f"{stem}.parquet").is_file()]
         inputs = [load_input(path) for path in paths]
         fits = {key: item.fit for key, item in zip(cells, inputs)}
+        planted = planted_table(fits, run_root=run_root)
+        if planted is not None:
+            save_table(planted, folder / "report" / f"{method}-planted")
+            tables.append((PLANTED_HEADING, planted))
         flat, _ = load_report_meshes(inputs)
         extent = with_space_extent(cfg, list(fits.values())).space_extent
         averages = model_averages(fits)

@@ -18,8 +18,11 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from cache.errors import InvalidInputError
+from stages.fit.layer_confidence import in_set_column
 from stages.report.depth import relative_depth
 
+#: The scores that need the fit's layer sets.
+SET_SCORES = ("set_coverage", "set_coverage_within1", "mean_set_size", "relative_set_size", "mean_sampling_set_size")
 #: Edges of the R^2 / noise-ceiling bins of :func:`coverage_by_accuracy`.
 ACCURACY_EDGES = (-np.inf, 0.25, 0.5, 0.75, np.inf)
 
@@ -40,7 +43,7 @@ def counterpart_layers(planted_layer: np.ndarray, cka: np.ndarray) -> np.ndarray
 
 def layer_set_matrix(columns: Mapping[str, np.ndarray], n_layers: int) -> np.ndarray:
     """The fit's 90 % layer sets as a bool array of shape (n_vertices, n_layers), from its ``layer_in_set_XX`` columns."""
-    names = [f"layer_in_set_{layer:02d}" for layer in range(n_layers)]
+    names = [in_set_column(layer) for layer in range(n_layers)]
     missing = [name for name in names if name not in columns]
     if missing:
         raise InvalidInputError(f"the fit has no layer sets ({missing[0]} missing): fit with --layer-resamples > 0")
@@ -64,30 +67,33 @@ def correspondence_scores(planted_layer: np.ndarray, n_planted_layers: int, colu
         the mean ceiling), ``counterpart_exact`` (the map shows the counterpart), ``set_coverage`` (the set holds
         it), ``set_coverage_within1`` (or a layer next to it), ``mean_set_size``, ``relative_set_size`` (over the
         fitted layers), ``mean_sampling_set_size`` (resampling noise alone; NaN when not recorded) and
-        ``counterpart_cka`` (mean CKA of the planted layer with its counterpart).
+        ``counterpart_cka`` (mean CKA of the planted layer with its counterpart); the set scores are NaN
+        for a fit without layer sets.
     """
     n_layers = cka.shape[1]
     counterpart = counterpart_layers(planted_layer, cka)
-    in_set = layer_set_matrix(columns, n_layers)
-    rows = np.arange(len(counterpart))
-    near = np.zeros(len(counterpart), dtype=bool)
-    for offset in (-1, 0, 1):
-        neighbour = np.clip(counterpart + offset, 0, n_layers - 1)
-        near |= in_set[rows, neighbour]
     shown = np.asarray(columns["layer_argmax"], dtype=np.int64)
-    sampling = columns.get("layer_set_size_sampling")
-    return {
+    scores = {
         "relative_depth_spearman": float(spearmanr(relative_depth(planted_layer, n_planted_layers),
                                                    relative_depth(shown, n_layers)).statistic),
         "r2_over_nc": float(np.mean(columns["r2_test"]) / np.mean(noise_ceiling)),
         "counterpart_exact": float(np.mean(shown == counterpart)),
-        "set_coverage": float(in_set[rows, counterpart].mean()),
-        "set_coverage_within1": float(near.mean()),
-        "mean_set_size": float(in_set.sum(axis=1).mean()),
-        "relative_set_size": float(in_set.sum(axis=1).mean() / n_layers),
-        "mean_sampling_set_size": float(np.mean(sampling)) if sampling is not None else float("nan"),
         "counterpart_cka": float(np.asarray(cka)[np.asarray(planted_layer, dtype=np.int64), counterpart].mean()),
     }
+    if in_set_column(0) not in columns:
+        return {**scores, **{name: float("nan") for name in SET_SCORES}}
+    in_set = layer_set_matrix(columns, n_layers)
+    rows = np.arange(len(counterpart))
+    near = np.zeros(len(counterpart), dtype=bool)
+    for offset in (-1, 0, 1):
+        near |= in_set[rows, np.clip(counterpart + offset, 0, n_layers - 1)]
+    sampling = columns.get("layer_set_size_sampling")
+    return {**scores,
+            "set_coverage": float(in_set[rows, counterpart].mean()),
+            "set_coverage_within1": float(near.mean()),
+            "mean_set_size": float(in_set.sum(axis=1).mean()),
+            "relative_set_size": float(in_set.sum(axis=1).mean() / n_layers),
+            "mean_sampling_set_size": float(np.mean(sampling)) if sampling is not None else float("nan")}
 
 
 def coverage_by_accuracy(planted_layer: np.ndarray, columns: Mapping[str, np.ndarray], cka: np.ndarray,

@@ -136,6 +136,10 @@ def test_sweep_matches_the_sequential_commands_and_a_rerun_runs_nothing(
     page = (report / "report.html").read_text()
     assert "Networks in relative depth" in page and "Network-to-network agreement per ROI" in page
     assert "mobilenet_v2 (ridge)" in page and "efficientnet_lite0 (ridge)" in page
+    planted = pd.read_parquet(report / "report" / "ridge-planted.parquet")   # against the planted answer
+    assert len(planted) == 4 and set(planted["planted"]) == {"mobilenet_v2"} and "Against the planted answer" in page
+    matched = planted[planted["model"] == "mobilenet_v2"]
+    assert (matched["layers"] == 19).all() and planted["set_coverage"].between(0, 1).all()
 
     capsys.readouterr()
     assert _sweep(runs) == 0

@@ -42,7 +42,10 @@ def test_scores_of_a_hand_made_fit():
         counterpart_layers(np.array([4]), cka)
     without = {k: v for k, v in hand_columns().items() if k != "layer_in_set_02"}
     with pytest.raises(InvalidInputError, match="no layer sets"):
-        correspondence_scores(planted, 4, without, cka, np.full(4, 0.5))
+        coverage_by_accuracy(planted, without, cka, np.full(4, 0.5))
+    no_sets = {k: v for k, v in hand_columns().items() if not k.startswith("layer_in_set")}
+    map_only = correspondence_scores(planted, 4, no_sets, cka, np.full(4, 0.5))
+    assert map_only["counterpart_exact"] == 0.75 and np.isnan(map_only["set_coverage"])
 
 
 def test_a_subject_planted_from_one_network_and_fitted_with_another(tmp_path: Path):
