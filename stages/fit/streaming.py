@@ -9,8 +9,9 @@ Two sources give the same :class:`Batch` stream:
 * :class:`ResidentFeatures` reads every requested image once and keeps the features
   on the device, so epochs need no I/O at all.
 
-The held-out splits are opened together (:func:`open_held_out`): their images are spread
-over every chunk, so the ones held are read in one pass for all of them, and each
+A fit opens its splits together (:func:`open_splits`): held-out images are spread over
+every chunk, so the splits held are read in one pass for all of them (every split when the
+training features fit, else the validation split, scored every epoch), and each epoch or
 validation pass after that reads nothing.
 
 Batch order depends only on ``(seed, epoch)``, never on thread timing, so an
@@ -22,7 +23,7 @@ from __future__ import annotations
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ RESIDENT_MEMORY_FRACTION = 0.4
 #: concatenation and batch cuts hold up to about three times this at once). At ViT-B size
 #: (12 x 768 channels, 8x8 + global, float16: 1.2 MB per image) that is 213 images.
 SHUFFLE_BUFFER_BYTES = 256 * 2**20
+#: Rows of targets copied at once when splits are held together.
+STACK_ROWS = 1024
 
 
 @dataclass
@@ -291,25 +294,25 @@ def open_features(store: FeatureStore, image_ids: Sequence[str], targets: np.nda
     return source
 
 
-def open_held_out(store: FeatureStore, splits: dict[str, tuple[np.ndarray, np.ndarray]], *, hold: Sequence[str],
-                  layer_indices: Sequence[int], grid: int, device: torch.device, resident: str = "auto",
-                  prefetch: int = 4, scales: Sequence[tuple[float, float]] | None = None
-                  ) -> dict[str, StreamedFeatures | ResidentFeatures]:
-    """Sources of the held-out splits (``name -> (image_ids, targets)``); those named in ``hold`` are held together.
+def open_splits(store: FeatureStore, splits: dict[str, tuple[np.ndarray, Any]], *, hold: Sequence[str],
+                layer_indices: Sequence[int], grid: int, device: torch.device, resident: str = "auto",
+                shuffle_buffer: int = 2048, prefetch: int = 4, scales: Sequence[tuple[float, float]] | None = None
+                ) -> dict[str, StreamedFeatures | ResidentFeatures]:
+    """A source per split (``name -> (image_ids, targets)``); the splits named in ``hold`` are held together.
 
-    Held-out images are spread over every chunk of the store, so each streamed evaluation decodes
-    the whole store. The splits in ``hold`` (``"on"``, or ``"auto"`` when they fit together) are
-    read once, in one pass for all of them, and every evaluation after costs no I/O; the others
-    are streamed. Each source's ``choice`` says which and why.
+    A fit's splits share the store's chunks (held-out images are spread over all of them), so
+    each held source read alone decodes the chunks again. The splits in ``hold`` (``"on"``, or
+    ``"auto"`` when they fit together) are read in one pass for all of them and every epoch or
+    evaluation after costs no I/O; the others are streamed. Each source's ``choice`` says which and why.
     """
     names = [name for name in splits if name in hold]
     n_images = sum(len(splits[name][0]) for name in names)
     held, reason = residency(store, n_images, layer_indices=layer_indices, grid=grid, device=device,
-                             resident=resident) if names else (False, "not asked to be held")
+                             resident=resident) if names else (False, "")
     sources: dict[str, StreamedFeatures | ResidentFeatures] = {}
     if held:
         together = ResidentFeatures(store, np.concatenate([splits[name][0] for name in names]),
-                                    np.concatenate([splits[name][1] for name in names]), layer_indices=layer_indices,
+                                    _stacked_rows([splits[name][1] for name in names]), layer_indices=layer_indices,
                                     grid=grid, device=device, scales=scales)
         sources.update(zip(names, together.split([len(splits[name][0]) for name in names])))
         for name in names:
@@ -317,10 +320,23 @@ def open_held_out(store: FeatureStore, splits: dict[str, tuple[np.ndarray, np.nd
     for name, (ids, targets) in splits.items():
         if name not in sources:
             sources[name] = StreamedFeatures(store, ids, targets, layer_indices=layer_indices, grid=grid,
-                                             device=device, prefetch=prefetch, scales=scales)
-            sources[name].choice = (f"streamed: each evaluation reads the chunks holding it "
-                                    f"({reason if name in names else 'not asked to be held'})")
+                                             device=device, shuffle_buffer=shuffle_buffer, prefetch=prefetch,
+                                             scales=scales)
+            sources[name].choice = f"streamed ({reason if name in names else 'not held: read at each use'})"
     return sources
+
+
+def _stacked_rows(parts: Sequence[Any]) -> np.ndarray:
+    """The row-wise concatenation of float32 arrays or lazily z-scored rows, filled a block of rows at a time (a
+    lazy part is never materialised whole beside the result)."""
+    out = np.empty((sum(len(part) for part in parts), parts[0].shape[1]), dtype=np.float32)
+    start = 0
+    for part in parts:
+        for offset in range(0, len(part), STACK_ROWS):
+            rows = np.arange(offset, min(offset + STACK_ROWS, len(part)))
+            out[start + rows] = part[rows]
+        start += len(part)
+    return out
 
 
 def feature_scales(store: FeatureStore, image_ids: Sequence[str], *, layer_indices: Sequence[int], grid: int,

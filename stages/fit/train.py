@@ -41,7 +41,7 @@ from stages.fit.outputs import TrainedFit, build_fit_result
 from stages.fit.result import FitResult
 from stages.fit.pooled_features import HeldTokens
 from stages.fit.streaming import (
-    Batch, ResidentFeatures, feature_scales, open_features, open_held_out, residency,
+    Batch, ResidentFeatures, feature_scales, open_splits, residency,
 )
 from stages.fit.targets import Standardisation, StandardisedRows, standardise
 from stages.fit.warmstart import warm_start
@@ -265,21 +265,20 @@ def prepare_subject(store: FeatureStore, subject: Subject, cfg: FitConfig, *, la
     """Z-score ``subject``'s responses with its training statistics and open a feature source per split.
 
     The training split's targets are z-scored batch by batch (:class:`~stages.fit.targets.StandardisedRows`);
-    the held-out splits' are materialised (they are small and scored whole). The validation split's features
-    (scored every epoch) are held when they fit, the test split's too when the training features are held, read
-    in one pass (:func:`~stages.fit.streaming.open_held_out`); the test split is otherwise streamed once, at the end."""
+    the held-out splits' are materialised (they are small and scored whole). When the training features are held,
+    every split's are, read in one pass; else the validation split's (scored every epoch) are held when they fit and
+    the test split is streamed once, at the end (:func:`~stages.fit.streaming.open_splits`)."""
     standard = standardise(subject.responses, subject.splits["train"])
     train = subject.splits["train"]
-    sources = {"train": open_features(store, subject.stimulus_ids[train],
-                                      StandardisedRows(subject.responses, train, standard),
-                                      layer_indices=layer_indices, grid=cfg.grid, device=device, resident=cfg.resident,
-                                      shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch, scales=scales)}
-    held_out = {name: (subject.stimulus_ids[rows], standard.apply_rows(subject.responses, rows))
-                for name, rows in subject.splits.items() if name != "train" and len(rows)}
-    if held_out:   # validation runs every epoch, the test split once: held too only beside held training features
-        hold = ["val", "test"] if isinstance(sources["train"], ResidentFeatures) else ["val"]
-        sources.update(open_held_out(store, held_out, hold=hold, layer_indices=layer_indices, grid=cfg.grid,
-                                     device=device, resident=cfg.resident, prefetch=cfg.prefetch, scales=scales))
+    splits = {name: (subject.stimulus_ids[rows], StandardisedRows(subject.responses, rows, standard) if name == "train"
+                     else standard.apply_rows(subject.responses, rows))
+              for name, rows in subject.splits.items() if len(rows)}
+    # validation runs every epoch, the test split once: held beside the training features, or alone when they are not
+    train_held, _ = residency(store, len(train), layer_indices=layer_indices, grid=cfg.grid, device=device,
+                              resident=cfg.resident)
+    sources = open_splits(store, splits, hold=list(splits) if train_held else ["val"], layer_indices=layer_indices,
+                          grid=cfg.grid, device=device, resident=cfg.resident, shuffle_buffer=cfg.shuffle_buffer,
+                          prefetch=cfg.prefetch, scales=scales)
     edges = None if neighbours is None else torch.as_tensor(neighbours, dtype=torch.long, device=device)
     return SubjectPart(subject=subject, store=store, standardisation=standard, sources=sources, edges=edges)
 

@@ -131,18 +131,18 @@ def test_streaming_host_memory_stays_bounded(make_store):
     assert peak < 0.25 * total
 
 
-def test_held_out_splits_are_read_in_one_pass_and_serve_what_streaming_serves(store):
+def test_held_splits_are_read_in_one_pass_and_serve_what_streaming_serves(store):
     """Two interleaved held-out splits spread over every chunk: held, one read of each chunk serves both, and every
     later evaluation reads nothing; the batches equal the streamed sources' (the oracle)."""
     ids = {"val": store.image_ids[0::5], "test": store.image_ids[2::5]}
     splits = {name: (these, np.arange(len(these) * 2, dtype=np.float32).reshape(-1, 2)) for name, these in ids.items()}
     common = dict(layer_indices=[1, 0], grid=8, device=torch.device("cpu"), scales=[(2.0, 0.5), (1.0, 4.0)])
     blocks = store.reads.blocks
-    held = streaming.open_held_out(store, splits, hold=["val", "test"], resident="on", **common)
+    held = streaming.open_splits(store, splits, hold=["val", "test"], resident="on", **common)
     assert store.reads.blocks - blocks == store.n_chunks and "one pass" in held["val"].choice
-    streamed = streaming.open_held_out(store, splits, hold=["val", "test"], resident="off", **common)
+    streamed = streaming.open_splits(store, splits, hold=["val", "test"], resident="off", **common)
     assert "streamed" in streamed["test"].choice
-    only_val = streaming.open_held_out(store, splits, hold=["val"], resident="on", **common)
+    only_val = streaming.open_splits(store, splits, hold=["val"], resident="on", **common)
     assert isinstance(only_val["val"], ResidentFeatures) and isinstance(only_val["test"], StreamedFeatures)
     blocks = store.reads.blocks
     for name in ids:
@@ -154,3 +154,20 @@ def test_held_out_splits_are_read_in_one_pass_and_serve_what_streaming_serves(st
                 np.testing.assert_array_equal(a.numpy(), b.numpy())
         np.testing.assert_array_equal(held[name].targets, splits[name][1])
     assert store.reads.blocks - blocks == 2 * store.n_chunks    # only the streamed sources read
+
+
+def test_held_splits_stack_lazily_z_scored_rows_a_block_at_a_time(store, monkeypatch):
+    from stages.fit.targets import StandardisedRows, standardise
+
+    rng = np.random.default_rng(0)
+    responses = rng.standard_normal((store.n_images, 3)).astype(np.float32) * 5 + 2
+    train, val = np.arange(0, 50), np.arange(50, 60)
+    standard = standardise(responses, train)
+    monkeypatch.setattr(streaming, "STACK_ROWS", 7)
+    splits = {"train": (store.image_ids[train], StandardisedRows(responses, train, standard)),
+              "val": (store.image_ids[val], standard.apply_rows(responses, val))}
+    sources = streaming.open_splits(store, splits, hold=["train", "val"], resident="on", layer_indices=[0], grid=8,
+                                    device=torch.device("cpu"))
+    np.testing.assert_allclose(sources["train"].targets, np.asarray(splits["train"][1]), rtol=1e-6)
+    np.testing.assert_array_equal(sources["val"].targets, splits["val"][1])
+    assert "train + val read in one pass" in sources["train"].choice
