@@ -182,6 +182,7 @@ def with_statistics(fit, *, seed: int = 0):
     q_values = np.where(rng.random(n) < 1 / 3, rng.uniform(0.2, 1.0, n), rng.uniform(0.0, 0.01, n))
     vertices = {**fit.vertices, "p_value": q_values / 2, "q_value": q_values,
                 "layer_confidence": rng.uniform(0, 1, n).astype(np.float32),
-                "layer_set_size": rng.integers(1, 4, n).astype(np.int32)}
+                "layer_set_size": rng.integers(1, 4, n).astype(np.int32),
+                "layer_set_size_sampling": np.ones(n, dtype=np.int32)}
     replicates = {"r2_test": (fit.vertices["r2_test"][None] + rng.normal(0, 0.05, (200, n))).astype(np.float32)}
     return dataclasses.replace(fit, vertices=vertices, replicates=replicates)

@@ -145,8 +145,8 @@ def layer_weight_maps(fit: FitResult) -> list[VertexMap]:
 def scalar_exports(fit: FitResult, *, clusters: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Name -> float array (n_vertices,) of every per-vertex quantity worth exporting as a surface map."""
     v = fit.vertices
-    names = ["layer_argmax", "layer_entropy", "layer_mean", "layer_confidence", "layer_set_size", "space_x", "space_y",
-             "scale", *SCORE_MAPS, "p_value", "q_value"]
+    names = ["layer_argmax", "layer_entropy", "layer_mean", "layer_confidence", "layer_set_size",
+             "layer_set_size_sampling", "space_x", "space_y", "scale", *SCORE_MAPS, "p_value", "q_value"]
     exports = {name: np.asarray(v[name], dtype=np.float32) for name in names if name in v}
     exports[DEPTH_COLUMN] = fit_relative_depth(fit).astype(np.float32)
     exports.update({m.name: m.values.astype(np.float32) for m in layer_weight_maps(fit)})

@@ -132,7 +132,8 @@ def summarise_rois(fit: FitResult, *, alpha: float | None = None, level: float =
     ``mean_relative_depth_low``/``_high`` (the same divided by n_layers - 1: comparable across networks of
     any depth, :mod:`stages.report.depth`), ``sd_layer``, ``mean_entropy``, ``mean_scale``
     (with ``mean_scale_low``/``_high``), ``sd_scale``, with layer sets ``mean_layer_confidence``
-    (with interval) and ``mean_layer_set_size``, the mean of each available score column
+    (with interval), ``mean_layer_set_size`` and ``mean_layer_set_size_sampling`` (from resampling
+    alone, without the model-error allowance), the mean of each available score column
     (``r2_test``..., ``r2_test_nc``; ``r2_test_low``/``_high`` from the fit's image replicates),
     then ``profile_XX`` and ``profile_sd_XX`` (mean and SD of each layer's weight). Selection
     intervals resample vertices within the area (see :mod:`stages.report.intervals`). With
@@ -167,6 +168,8 @@ def summarise_rois(fit: FitResult, *, alpha: float | None = None, level: float =
             row["mean_layer_confidence"] = float(np.mean(fit.vertices["layer_confidence"][inside]))
             row.update(_bounds(intervals, "layer_confidence", index, "mean_layer_confidence"))
             row["mean_layer_set_size"] = float(np.mean(fit.vertices["layer_set_size"][inside]))
+            if "layer_set_size_sampling" in fit.vertices:
+                row["mean_layer_set_size_sampling"] = float(np.mean(fit.vertices["layer_set_size_sampling"][inside]))
         for name in scores:
             values = np.asarray(fit.vertices[name], dtype=np.float64)[inside]
             row[name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")

@@ -59,6 +59,8 @@ COLUMN_SPECS: tuple[ColumnSpec, ...] = (
     *(ColumnSpec(column, title, "scores", SCORE_CMAP) for column, title in SCORE_MAPS.items()),
     ColumnSpec("layer_confidence", "layer confidence", "uncertainty", CONFIDENCE_CMAP),
     ColumnSpec("layer_set_size", "layers in the 90 % credible set", "uncertainty", SET_SIZE_CMAP, "set_size", digits="int"),
+    ColumnSpec("layer_set_size_sampling", "layers in the 90 % set from resampling alone", "uncertainty", SET_SIZE_CMAP,
+               "set_size", digits="int"),
     ColumnSpec("p_value", "-log10 p (test prediction)", "uncertainty", SIGNIFICANCE_CMAP, "positive", "-log10", "g"),
     ColumnSpec("q_value", "-log10 q (FDR, test prediction)", "uncertainty", SIGNIFICANCE_CMAP, "positive", "-log10", "g"),
     ColumnSpec("n_subjects", "subjects covering the vertex", "average", "viridis", "positive", digits="int"),

@@ -41,6 +41,7 @@ def test_summaries_carry_intervals_around_their_means():
         assert (summary[name] <= summary[f"{name}_high"] + 1e-9).all()
         assert (summary[f"{name}_high"] > summary[f"{name}_low"]).all()
     assert "mean_layer_set_size" in summary and (summary["n_significant"] <= summary["n_vertices"]).all()
+    assert (summary["mean_layer_set_size_sampling"] == 1).all()   # the resampling-only size beside it
     score = score_hierarchy(fit, summary, n_resamples=300)
     assert score.low - 1e-9 <= score.spearman <= score.high + 1e-9
     base = planted_fit(seed=3)   # selections barely related to the hierarchy: an uncertain score

@@ -41,11 +41,13 @@ def test_uncertainty_columns_are_offered_when_present() -> None:
     q = rng.uniform(1e-6, 1, fit.n_vertices)
     fit.vertices.update({"layer_confidence": rng.uniform(0, 1, fit.n_vertices).astype(np.float32),
                          "layer_set_size": rng.integers(1, N_LAYERS + 1, fit.n_vertices),
+                         "layer_set_size_sampling": np.ones(fit.n_vertices, dtype=np.int32),
                          "q_value": q.astype(np.float32)})
     maps = {m.map.name: m for m in viewer_maps(fit)}
     assert maps["layer_confidence"].group == "uncertainty" and (maps["layer_confidence"].map.vmin,
                                                                 maps["layer_confidence"].map.vmax) == (0.0, 1.0)
     assert (maps["layer_set_size"].map.vmin, maps["layer_set_size"].map.vmax) == (1.0, float(N_LAYERS))
+    assert (maps["layer_set_size_sampling"].map.vmin, maps["layer_set_size_sampling"].map.vmax) == (1.0, float(N_LAYERS))
     np.testing.assert_allclose(maps["q_value"].map.values, -np.log10(q.astype(np.float32)), rtol=1e-6)
     assert maps["q_value"].map.vmax == pytest.approx(-np.log10(q.astype(np.float32).min()), rel=1e-6)
     assert "p_value" not in maps
