@@ -93,7 +93,7 @@ def render_depth_maps(networks: Mapping[str, FitResult], flat: CorticalMesh, sco
         render_map(fit, depth_map(fit), flat, rois=False, resolution=resolution, crop=True, ax=ax,
                    title=f"{label}\n{row['layers']} layers, hierarchy {score_text(row)}")
         ax.title.set_fontsize(7)
-        for inset in ax.child_axes:
+        for inset in list(ax.child_axes):   # its own colour bar: one is shared below
             inset.remove()
     figure.colorbar(ScalarMappable(norm=Normalize(*DEPTH_RANGE), cmap=LAYER_CMAP), ax=list(axes), shrink=0.7,
                     label="relative depth (0 first layer, 1 last)")
