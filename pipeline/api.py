@@ -31,7 +31,7 @@ from pipeline.predictions import (
     as_data_array, chunk_images, is_predictions, open_predictions, vertex_coordinates, write_predictions,
 )
 from stages.fit.config import FitConfig
-from stages.fit.predictor import BLOCK_BYTES, RESPONSE_UNITS, Predictor, block_images_for, load_predictor
+from stages.fit.predictor import BLOCK_BYTES, Predictor, block_images_for, load_predictor
 from stages.fit.result import FitResult
 from stages.fit.ridge import METHODS as RIDGE_METHODS, RidgeConfig
 
@@ -153,7 +153,7 @@ class LoadedFit:
 
     def prediction_record(self, store: FeatureStore, predictor: Predictor) -> dict[str, Any]:
         """The provenance written with predictions: units, the fit, the images' store and the environment."""
-        return {"units": RESPONSE_UNITS,
+        return {"units": predictor.units,
                 "fit": {"path": str(self.path), "method": self.result.method, "subject": self.result.subject,
                         "model": self.result.model, "layer_names": list(self.result.layer_names)},
                 "store": {"path": str(store.path), "provenance": store.provenance,

@@ -55,10 +55,12 @@ class Predictor(Protocol):
     Attributes:
         device: where the read-out runs.
         precision: its arithmetic (``"float32"``, or an autocast precision).
+        units: what the predicted values are, recorded beside every written prediction.
     """
 
     device: torch.device
     precision: str
+    units: str
 
     @property
     def n_vertices(self) -> int:
@@ -112,6 +114,7 @@ class FitPredictor:
         scales: per layer, the (local, global) factors the fit applied to the features, or None.
         mean, std: float32 arrays of shape (n_vertices,): the training statistics of each vertex.
         device, precision: where and in which precision the read-out runs.
+        units: :data:`RESPONSE_UNITS`.
     """
 
     model: _RecordedSelections
@@ -122,6 +125,7 @@ class FitPredictor:
     std: np.ndarray
     device: torch.device
     precision: str
+    units: str = RESPONSE_UNITS
 
     @property
     def n_vertices(self) -> int:

@@ -21,6 +21,10 @@ from cache.store import FeatureStore
 from stages.fit.coefficients import Block, RidgeCoefficients
 from stages.fit.ridge_features import batch_features
 
+#: What a ridge fit's prediction's values are, recorded beside every written prediction.
+RIDGE_UNITS = ("the fit's response units: ridge regresses the responses themselves, so each vertex's prediction "
+               "is its read-out of the features plus its intercept (its training mean), with nothing to undo")
+
 
 @dataclass
 class RidgePredictor:
@@ -31,6 +35,7 @@ class RidgePredictor:
         layer_names: the fit's layers (a block's layer indexes them).
         device: where the read-out runs.
         batch_size: images per store read.
+        precision, units: float32 arithmetic; :data:`RIDGE_UNITS`.
     """
 
     coefficients: RidgeCoefficients
@@ -38,6 +43,7 @@ class RidgePredictor:
     device: torch.device
     batch_size: int = 256
     precision: str = "float32"
+    units: str = RIDGE_UNITS
 
     def __post_init__(self) -> None:
         self._weights = [torch.as_tensor(group.weights, device=self.device) for group in self.coefficients.groups]

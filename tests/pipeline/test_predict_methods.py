@@ -123,6 +123,7 @@ def test_the_command_finds_a_ridge_fit_by_method_and_writes_the_api_numbers(worl
                      "--method", "ridge", "--store", str(world["novel"].path)]) == 0
     written = open_store(runroot.predictions_path(world["root"], world["fits"]["ridge"], "novel"))
     assert written.attrs["fit"]["method"] == "ridge" and written.attrs["units"].startswith("the fit's response")
+    assert "intercept" in written.attrs["units"] and "train_std" not in written.attrs["units"]
     assert np.array_equal(written.values, load_fit(world["fits"]["ridge"]).predict(store=world["novel"].path).values)
 
 
