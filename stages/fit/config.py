@@ -98,7 +98,9 @@ class FitConfig:
         precision: autocast on CUDA: ``"auto"`` (bf16 when supported, else fp16), ``"bf16"``,
             ``"fp16"`` (with a gradient scaler) or ``"fp32"``; the CPU always trains in fp32.
         resident: ``"auto"`` keeps the features on the device when they fit, ``"on"`` forces
-            that, ``"off"`` streams them from the store.
+            that, ``"off"`` streams the training features from the store. The validation
+            split's are held whenever they fit (scored every epoch, they would otherwise be
+            read from every chunk each time); see ``stages.fit.train.prepare_subject``.
         shuffle_buffer: images mixed in memory when streaming (bounds host memory).
         prefetch: batches prepared ahead by the background reader.
         eval_batch_size: images per batch when predicting validation and test sets.

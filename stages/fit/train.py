@@ -266,19 +266,21 @@ def prepare_subject(store: FeatureStore, subject: Subject, cfg: FitConfig, *, la
 
     The training split's targets are z-scored batch by batch (:class:`~stages.fit.targets.StandardisedRows`);
     the held-out splits' are materialised (they are small and scored whole). When the training features are held,
-    every split's are, read in one pass; else the validation split's (scored every epoch) are held when they fit and
-    the test split is streamed once, at the end (:func:`~stages.fit.streaming.open_splits`)."""
+    every split's are, read in one pass; else the validation split's (scored every epoch) are held when they fit
+    (also with ``cfg.resident="off"``: a tenth of the store at most, and one read instead of one per epoch) and the
+    test split is streamed once, at the end (:func:`~stages.fit.streaming.open_splits`)."""
     standard = standardise(subject.responses, subject.splits["train"])
     train = subject.splits["train"]
     splits = {name: (subject.stimulus_ids[rows], StandardisedRows(subject.responses, rows, standard) if name == "train"
                      else standard.apply_rows(subject.responses, rows))
               for name, rows in subject.splits.items() if len(rows)}
-    # validation runs every epoch, the test split once: held beside the training features, or alone when they are not
+    # validation runs every epoch, the test split once: held beside the training features, or alone (when it fits,
+    # whatever cfg.resident says of the training features) when they are streamed
     train_held, _ = residency(store, len(train), layer_indices=layer_indices, grid=cfg.grid, device=device,
                               resident=cfg.resident)
     sources = open_splits(store, splits, hold=list(splits) if train_held else ["val"], layer_indices=layer_indices,
-                          grid=cfg.grid, device=device, resident=cfg.resident, shuffle_buffer=cfg.shuffle_buffer,
-                          prefetch=cfg.prefetch, scales=scales)
+                          grid=cfg.grid, device=device, resident=cfg.resident if train_held else "auto",
+                          shuffle_buffer=cfg.shuffle_buffer, prefetch=cfg.prefetch, scales=scales)
     edges = None if neighbours is None else torch.as_tensor(neighbours, dtype=torch.long, device=device)
     return SubjectPart(subject=subject, store=store, standardisation=standard, sources=sources, edges=edges)
 

@@ -171,3 +171,17 @@ def test_held_splits_stack_lazily_z_scored_rows_a_block_at_a_time(store, monkeyp
     np.testing.assert_allclose(sources["train"].targets, np.asarray(splits["train"][1]), rtol=1e-6)
     np.testing.assert_array_equal(sources["val"].targets, splits["val"][1])
     assert "train + val read in one pass" in sources["train"].choice
+
+
+@pytest.mark.store(n_images=70, chunk_images=16, channels=(4, 6))
+def test_a_streamed_fit_holds_its_validation_features_and_streams_the_test_split_once(store, make_subject):
+    from stages.fit.config import FitConfig
+    from stages.fit.train import fit_factortopy
+
+    subject, _ = make_subject(n_vertices=4, n_val=12, n_test=12)
+    cfg = FitConfig(epochs=2, batch_size=16, warm_start="none", device="cpu", resident="off")
+    fit = fit_factortopy(store, subject, cfg, checkpoint_dir=None, progress=False)
+    sources = fit.metrics["held_out_source"][0]
+    assert sources["val"].startswith("resident") and sources["test"].startswith("streamed")
+    assert fit.metrics["feature_source"][0].startswith("streamed")
+    assert fit.metrics["phases"]["validate"]["store_gb_read"] == 0
