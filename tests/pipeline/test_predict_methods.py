@@ -45,7 +45,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
                for method, result in results.items()}
     names = [s.name for s in world["subjects"]]
     joint = fit_factortopy_multi(world["store"], shared_sphere_coordinates(world["subjects"]),
-                                 FitConfig(epochs=1, warm_start="none", device="cpu"), checkpoint_dir=None,
+                                 FitConfig(epochs=1, batch_size=16, warm_start="none", device="cpu"), checkpoint_dir=None,
                                  progress=False)
     for result in joint:
         result.save(runroot.joint_fit_dir(root, "fake", names, result.subject))
