@@ -22,6 +22,22 @@ def store_model_id(store: FeatureStore) -> str:
     return str(record.get("model_id", "")) if isinstance(record, dict) else str(record or "")
 
 
+def fitted_layer_indices(store: FeatureStore, layer_names: Sequence[str], grid: int) -> list[int]:
+    """The store's index of each of a finished fit's ``layer_names``, after checking that it also holds ``grid``.
+
+    Raises:
+        StoreMismatchError: a layer is missing from the store, or the grid is not stored.
+    """
+    missing = [name for name in layer_names if name not in store.layer_names]
+    if missing:
+        raise StoreMismatchError(f"feature store {store.path} lacks the fitted layers {missing}; it holds "
+                                 f"{list(store.layer_names)}")
+    if grid not in store.grids:
+        raise StoreMismatchError(f"feature store {store.path} holds grids {list(store.grids)}, not the fit's "
+                                 f"{grid}x{grid}")
+    return [list(store.layer_names).index(name) for name in layer_names]
+
+
 def check_stores(stores: Sequence[FeatureStore]) -> None:
     """The stores of a joint fit must come from one model: same layers, channel widths and model id.
 

@@ -35,6 +35,7 @@ from stages.device import resolve_device, resolve_precision
 from stages.fit.coefficients import read_coefficients
 from stages.fit.config import FitConfig
 from stages.fit.factortopy import FactorTopy, Selections
+from stages.fit.inputs import fitted_layer_indices
 from stages.fit.result import FitResult, layer_weight_column
 from stages.fit.ridge import RidgeConfig
 from stages.fit.ridge_predictor import RidgePredictor
@@ -137,18 +138,11 @@ class FitPredictor:
         Raises:
             StoreMismatchError: a fitted layer is missing, has another channel width, or the fit's grid is not stored.
         """
-        missing = [name for name in self.layer_names if name not in store.layer_names]
-        if missing:
-            raise StoreMismatchError(f"feature store {store.path} lacks the fitted layers {missing}; it holds "
-                                     f"{list(store.layer_names)}")
-        indices = [store.layer_names.index(name) for name in self.layer_names]
+        indices = fitted_layer_indices(store, self.layer_names, self.cfg.grid)
         widths = [store.n_channels[index] for index in indices]
         if tuple(widths) != self.model.model.n_channels:
             raise StoreMismatchError(f"feature store {store.path} has channel widths {widths} for the fitted layers; "
                                      f"the fit was trained on {list(self.model.model.n_channels)}")
-        if self.cfg.grid not in store.grids:
-            raise StoreMismatchError(f"feature store {store.path} holds grids {list(store.grids)}, not the fit's "
-                                     f"{self.cfg.grid}x{self.cfg.grid}")
         return indices
 
     def predict_blocks(self, store: FeatureStore, image_ids: Sequence[str], *,

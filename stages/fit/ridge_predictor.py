@@ -19,6 +19,7 @@ import torch
 from cache.errors import StoreMismatchError
 from cache.store import FeatureStore
 from stages.fit.coefficients import Block, RidgeCoefficients
+from stages.fit.inputs import fitted_layer_indices
 from stages.fit.ridge_features import batch_features
 
 #: What a ridge fit's prediction's values are, recorded beside every written prediction.
@@ -66,15 +67,8 @@ class RidgePredictor:
         Raises:
             StoreMismatchError: a read layer is missing, a block has another width, or the fit's grid is not stored.
         """
-        needed = [self.layer_names[layer] for layer in self.read_layers]
-        missing = [name for name in needed if name not in store.layer_names]
-        if missing:
-            raise StoreMismatchError(f"feature store {store.path} lacks the fitted layers {missing}; it holds "
-                                     f"{list(store.layer_names)}")
-        if self.coefficients.grid not in store.grids:
-            raise StoreMismatchError(f"feature store {store.path} holds grids {list(store.grids)}, not the fit's "
-                                     f"{self.coefficients.grid}x{self.coefficients.grid}")
-        indices = [list(store.layer_names).index(name) for name in needed]
+        indices = fitted_layer_indices(store, [self.layer_names[layer] for layer in self.read_layers],
+                                       self.coefficients.grid)
         pool = self.coefficients.local_pool
         for (name, layer), norm in self.coefficients.normalisations.items():
             channels = store.n_channels[indices[self.read_layers.index(layer)]]
@@ -86,12 +80,8 @@ class RidgePredictor:
 
     def predict_blocks(self, store: FeatureStore, image_ids: Sequence[str], *,
                        block_images: int) -> Iterator[tuple[int, np.ndarray]]:
-        """Predicted responses to ``image_ids``, ``block_images`` images at a time.
-
-        Yields:
-            (start, block): ``block`` is a float32 array of shape (n_block_images, n_vertices) in the fit's
-            response units, for the images ``image_ids[start:start + n_block_images]``.
-        """
+        """Predicted responses in blocks, as :meth:`stages.fit.predictor.Predictor.predict_blocks` (response
+        units as they come: the read-out regressed the raw responses)."""
         indices = self.layer_indices(store)
         slot = {layer: position for position, layer in enumerate(self.read_layers)}
         sets = sorted({name for name, _ in self.coefficients.normalisations})
