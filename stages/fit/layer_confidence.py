@@ -46,10 +46,11 @@ layer is hard for its neighbours too):
 
 Assumptions: images are exchangeable (independent draws of one distribution); the
 penalty chosen per vertex and layer is held fixed (its selection is not resampled); the
-residuals are those of the fit on all training images. Cost: one more pass over the
-training images per group of layers for the feature-space form (the image-kernel form
-keeps its exact leave-one-out residuals from the solve), plus ``n_resamples x
-n_images x n_vertices`` multiply-adds per layer.
+residuals are those of the fit on all training images. Cost: the feature-space form's
+residuals need each training image's features once more, taken from the pooled features
+the layer scores hold in memory (one more store pass per group of layers only where those
+do not fit; ``stages.fit.layer_scores``); the image-kernel form keeps its exact leave-one-out
+residuals from the solve; plus ``n_resamples x n_images x n_vertices`` multiply-adds per layer.
 """
 
 from __future__ import annotations
