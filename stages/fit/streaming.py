@@ -322,7 +322,7 @@ def open_splits(store: FeatureStore, splits: dict[str, tuple[np.ndarray, Any]], 
             sources[name] = StreamedFeatures(store, ids, targets, layer_indices=layer_indices, grid=grid,
                                              device=device, shuffle_buffer=shuffle_buffer, prefetch=prefetch,
                                              scales=scales)
-            sources[name].choice = f"streamed ({reason if name in names else 'not held: read at each use'})"
+            sources[name].choice = f"{sources[name].choice} ({reason if name in names else 'not held: read at each use'})"
     return sources
 
 
