@@ -8,8 +8,8 @@ widths and networks of different depths compare directly. It is the truth agains
 of one network to responses made from another is judged: the counterpart of the planted layer
 is the fitted network's layer of highest CKA with it.
 
-Each layer is represented as stage two's layer scores see it (``stages.fit.layer_scores``):
-its global token and its local tokens average-pooled to ``local_pool x local_pool``, every
+Each layer is represented as stage two's layer scores see it (``stages.fit.pooled_features``,
+the same pooling): its global token and its local tokens average-pooled to ``local_pool x local_pool``, every
 column z-scored over the images (constant columns dropped). CKA is computed from the
 images' centred kernels, ``n_images x n_images`` per layer, so memory and time grow with the
 images squared, not with the channels: use it on a subject's few thousand training images, not
@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cache.errors import InvalidInputError
 from cache.store import FeatureStore
+from stages.fit.pooled_features import pooled_sets
 
 #: Images beyond which the (n_images x n_images) float64 kernels of every layer grow past ~1 GB for 19 layers.
 MAX_IMAGES = 2500
@@ -60,9 +60,9 @@ def layer_kernels(store: FeatureStore, image_ids: Sequence[str], *, layers: Sequ
         order[filled:filled + len(batch)] = batch.positions
         filled += len(batch)
         for slot in range(len(indices)):
-            pooled = F.adaptive_avg_pool2d(torch.as_tensor(batch.local[slot]).float(), local_pool).flatten(1)
-            features[slot].append(np.concatenate([np.asarray(batch.global_[slot], dtype=np.float32),
-                                                  pooled.numpy()], axis=1))
+            sets = pooled_sets(batch.global_[slot], batch.local[slot], local_pool=local_pool,
+                               feature_sets=("global", "local"), device=torch.device("cpu"))
+            features[slot].append(torch.cat([sets["global"], sets["local"]], dim=1).numpy())
     inverse = np.argsort(order)
     return [_centred_kernel(np.concatenate(parts)[inverse]) for parts in features]
 
