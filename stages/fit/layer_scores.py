@@ -144,14 +144,15 @@ class _Statistics:
         Feature-space form: GCV. Image-kernel form (no more images than features): exact leave-one-out,
         whose per-image leverages the kernel's eigenvectors give at the same cost. With
         ``keep_residuals`` the solution at each vertex's alpha is kept for :meth:`squared_errors`
-        (feature space: the ridge weights, ``n_features x n_vertices``; image kernel: the
-        leave-one-out residuals themselves, ``n_images x n_vertices``).
+        (feature space: the whitening rotation and the shrunken coordinates, ``n_features x n_vertices`` at
+        most; image kernel: the leave-one-out residuals themselves, ``n_images x n_vertices``), until
+        :meth:`keep_columns` narrows it to the vertices whose errors are wanted.
         """
         if self.primal:
             eigenvalues, coordinates, rotation = self._primal_spectrum()
             best, chosen = gcv_choice(eigenvalues, coordinates, moments, alphas)
             if keep_residuals:
-                self._keep_weights(eigenvalues, coordinates, rotation, chosen, alphas, moments.n)
+                self._keep_solution(eigenvalues, coordinates, rotation, chosen, alphas, moments.n)
             return best
         spectrum = self._dual_spectrum()
         best = np.empty(len(moments.mean))
@@ -167,27 +168,47 @@ class _Statistics:
                 self.residuals[:, columns] = loo_residuals(spectrum, targets, alpha).float()
         return best
 
+    def keep_columns(self, columns: torch.Tensor) -> None:
+        """Keep the solution of the vertices ``columns`` (int64 indices, ascending) only: those whose
+        :meth:`squared_errors` are wanted. Nothing is computed for the others."""
+        self.kept = columns
+        if not self.primal:
+            self.residuals = self.residuals[:, columns].contiguous()
+            return
+        self.solution = self.coordinates.index_select(1, columns)
+        shrink = self.shrink.T.contiguous()                                                # (k, n_alphas)
+        for start in range(0, len(columns), VERTEX_BLOCK):
+            block = slice(start, start + VERTEX_BLOCK)
+            self.solution[:, block] *= shrink.index_select(1, self.chosen[columns[block]])
+        self.inflation = self.inflation[self.chosen[columns]]
+        del self.coordinates, self.shrink, self.chosen
+
     def squared_errors(self, features: torch.Tensor | None, positions: torch.Tensor,
-                       targets: torch.Tensor) -> torch.Tensor:
-        """Squared held-out residuals of a batch of training images at each vertex's chosen alpha, shape
-        (b, n_vertices): GCV residuals ``(y - yhat) / (1 - df / n)`` (feature space; ``features`` (b,
-        n_features) and centred ``targets`` (b, n_vertices) needed) or exact leave-one-out ones (image kernel,
-        read by ``positions``). Their mean over the training images is the error behind :meth:`scores`."""
+                       targets: torch.Tensor | None) -> torch.Tensor:
+        """Squared held-out residuals of a batch of training images at each kept vertex's chosen alpha, shape
+        (b, kept vertices): GCV residuals ``(y - yhat) / (1 - df / n)`` (feature space; ``features`` (b,
+        n_features) and the kept vertices' centred ``targets`` (b, kept vertices) needed) or exact
+        leave-one-out ones (image kernel, read by ``positions``). Their mean over the training images is the
+        error behind :meth:`scores`."""
         if not self.primal:
             return self.residuals[positions] ** 2
-        fitted = (features - self.shift - self.offset) @ self.weights
+        fitted = ((features - self.shift - self.offset) @ self.rotation) @ self.solution
         return ((targets - fitted) * self.inflation) ** 2
 
-    def _keep_weights(self, eigenvalues: torch.Tensor, coordinates: torch.Tensor, rotation: torch.Tensor,
-                      chosen: torch.Tensor, alphas: torch.Tensor, n: int) -> None:
-        """Ridge weights on the shifted, centred features at each vertex's alpha, and its GCV residual inflation."""
+    def _keep_solution(self, eigenvalues: torch.Tensor, coordinates: torch.Tensor, rotation: torch.Tensor,
+                       chosen: torch.Tensor, alphas: torch.Tensor, n: int) -> None:
+        """What the ridge solution at each vertex's alpha takes, in whitened form, and its GCV residual inflation.
+
+        The fitted values of centred features ``X`` are ``(X @ rotation) @ solution``, with ``solution`` the
+        coordinates shrunk by ``s / (s + alpha)`` (made by :meth:`keep_columns` for the vertices kept): the
+        same as ``X @ weights`` with the ridge weights ``rotation @ solution``, without their
+        ``n_features^2 x n_vertices`` product.
+        """
         shrink = eigenvalues[None, :] / (eigenvalues[None, :] + alphas[:, None])              # (n_alphas, k)
-        self.weights = torch.empty(rotation.shape[0], coordinates.shape[1], dtype=torch.float32, device=self.device)
-        for index in torch.unique(chosen):
-            columns = chosen == index
-            self.weights[:, columns] = rotation @ (shrink[index, :, None].float() * coordinates[:, columns])
+        self.rotation, self.coordinates, self.chosen = rotation, coordinates, chosen
+        self.shrink = shrink.float()
         dof = 1.0 + shrink.sum(dim=1)
-        self.inflation = (1.0 / (1.0 - dof / n).clamp_min(1e-6)).float()[chosen]
+        self.inflation = (1.0 / (1.0 - dof / n).clamp_min(1e-6)).float()
         self.offset = (self.sums / self.n).float()
 
     def _column_scale(self, variance: torch.Tensor) -> torch.Tensor:
@@ -355,25 +376,27 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
         for (slot, _), values in set_scores.items():
             scores[:, slot] = np.maximum(scores[:, slot], values)
         if bootstrap is not None:
-            winners = {slot: torch.as_tensor(np.stack([set_scores[slot, name] for name in feature_sets]).argmax(axis=0),
-                                             device=device) for slot in group}
+            best_set = {slot: np.stack([set_scores[slot, name] for name in feature_sets]).argmax(axis=0)
+                        for slot in group}
+            for (slot, name), stat in statistics.items():
+                stat.keep_columns(torch.as_tensor(np.flatnonzero(best_set[slot] == feature_sets.index(name)),
+                                                  device=device))
             features = batches(group) if needs_targets else None
-            _bootstrap_errors(subject, statistics, winners, bootstrap, features, moments=moments,
+            _bootstrap_errors(subject, statistics, group, bootstrap, features, moments=moments,
                               feature_sets=feature_sets, batch_size=batch_size, device=device)
         del statistics
     return scores.astype(np.float32)
 
 
 def _bootstrap_errors(subject: Subject, statistics: dict[tuple[int, str], _Statistics],
-                      winners: dict[int, torch.Tensor], bootstrap: LayerBootstrap,
+                      group: list[int], bootstrap: LayerBootstrap,
                       features: Iterator[ScoreBatch] | None, *, moments: ResponseMoments,
                       feature_sets: Sequence[str], batch_size: int, device: torch.device) -> None:
-    """Add one group of layers' per-image squared errors to ``bootstrap``: ``winners[slot]`` (n_vertices,)
-    indexes ``feature_sets``, the set whose errors count at each vertex. Feature-space sets need the group's
-    ``features`` once more (from the held pooled features, or another store pass); image-kernel sets read their
+    """Add one group of layers' per-image squared errors to ``bootstrap``: at each vertex those of the feature
+    set that scores best there, the vertices each statistic kept (:meth:`_Statistics.keep_columns`).
+    Feature-space sets need the group's ``features`` once more (from the held pooled features, or another store pass); image-kernel sets read their
     kept residuals (``features`` None)."""
     train = np.asarray(subject.splits["train"])
-    group = sorted(winners)
     if features is None:
         features = ((np.arange(start, min(start + batch_size, len(train))), [{} for _ in group])
                     for start in range(0, len(train), batch_size))
@@ -381,10 +404,14 @@ def _bootstrap_errors(subject: Subject, statistics: dict[tuple[int, str], _Stati
         positions = torch.as_tensor(rows, device=device)
         targets = moments.centred(subject.responses, train[rows], device) if sets[0] else None
         for slot, values in zip(group, sets):
-            errors = None
-            for set_index, name in enumerate(feature_sets):
-                these = statistics[slot, name].squared_errors(values.get(name), positions, targets)
-                errors = these if errors is None else torch.where(winners[slot] == set_index, these, errors)
+            errors = torch.empty(len(rows), subject.n_vertices, dtype=torch.float32, device=device)
+            for name in feature_sets:
+                kept = statistics[slot, name].kept
+                if len(kept) == 0:
+                    continue
+                whole = len(kept) == subject.n_vertices
+                these = None if targets is None else targets if whole else targets[:, kept]
+                errors[:, kept] = statistics[slot, name].squared_errors(values.get(name), positions, these)
             bootstrap.add(slot, positions, errors)
 
 

@@ -146,3 +146,29 @@ def test_bootstrap_receives_the_per_image_held_out_errors(store, make_subject, l
                                  exact=features.shape[1] >= len(train))
         weights = bootstrap.weights.double().numpy()
         np.testing.assert_allclose(bootstrap.sums[:, 0, vertex].double().numpy(), weights @ expected ** 2, rtol=1e-4)
+
+
+@pytest.mark.store(n_images=96, channels=(6, 40))
+@pytest.mark.parametrize("layer", [0, 1])
+def test_bootstrap_errors_at_each_vertex_are_its_best_feature_sets(store, make_subject, layer):
+    """With both feature sets scored, each vertex's bootstrap errors are those of the set that scores best
+    there, whichever form each set takes (layer 0: both in feature space; layer 1: global in feature space,
+    local as an image kernel)."""
+    from stages.fit.layer_confidence import LayerBootstrap
+
+    subject, _ = make_subject(n_vertices=12, noise=0.5, n_val=16, n_test=16)
+    train = subject.splits["train"]
+    bootstrap = LayerBootstrap(len(train), 1, subject.n_vertices, n_resamples=3)
+    score_layers(store, subject, layer_indices=[layer], grid=8, device=CPU, alphas=ALPHAS, batch_size=32,
+                 bootstrap=bootstrap)
+    sets = {name: train_features(store, subject, layer, name) for name in ("global", "local")}
+    chosen = set()
+    for vertex in range(subject.n_vertices):
+        y = subject.responses[train, vertex].astype(np.float64)
+        scores = {name: best_score(x, y, ALPHAS, exact=x.shape[1] >= len(train)) for name, x in sets.items()}
+        name = max(scores, key=scores.get)
+        chosen.add(name)
+        expected = hat_residuals(sets[name], y, ALPHAS, exact=sets[name].shape[1] >= len(train))
+        weights = bootstrap.weights.double().numpy()
+        np.testing.assert_allclose(bootstrap.sums[:, 0, vertex].double().numpy(), weights @ expected ** 2, rtol=1e-4)
+    assert chosen == {"global", "local"}, f"every vertex chose {chosen}: the test does not mix the sets"
