@@ -394,8 +394,8 @@ def _bootstrap_errors(subject: Subject, statistics: dict[tuple[int, str], _Stati
                       feature_sets: Sequence[str], batch_size: int, device: torch.device) -> None:
     """Add one group of layers' per-image squared errors to ``bootstrap``: at each vertex those of the feature
     set that scores best there, the vertices each statistic kept (:meth:`_Statistics.keep_columns`).
-    Feature-space sets need the group's ``features`` once more (from the held pooled features, or another store pass); image-kernel sets read their
-    kept residuals (``features`` None)."""
+    Feature-space sets need the group's ``features`` once more (from the held pooled features, or another
+    store pass); image-kernel sets read their kept residuals (``features`` None)."""
     train = np.asarray(subject.splits["train"])
     if features is None:
         features = ((np.arange(start, min(start + batch_size, len(train))), [{} for _ in group])

@@ -15,6 +15,8 @@ reaches the space selector exactly as ``grid_sample``'s does.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -77,26 +79,51 @@ def sampled_readout(padded: torch.Tensor, grid: int, space: torch.Tensor, layer_
     Returns:
         tensor of shape (n_vertices, n_images): the read-out summed (not averaged) over D.
     """
-    n_layers, _, n_images, width = padded.shape
+    n_layers, n_positions, n_images, width = padded.shape
     cell, corner_weights = bilinear_corners(space, grid)
     mixing = (layer_weights[:, :, None] * corner_weights[:, None, :]).reshape(len(space), 1, n_layers * 4)
     order = torch.argsort(cell)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
     cells, counts = torch.unique_consecutive(cell[order], return_counts=True)
     sizes = counts.tolist()
     side = grid + 2
     top_left = (cells.long() // (grid + 1)) * side + cells.long() % (grid + 1)
-    corners = top_left[:, None] + torch.tensor([0, 1, side, side + 1], device=cell.device)
-    # (n_cells, n_layers * 4 * n_images, D): each occupied cell's token rows, gathered once.
-    rows = padded[:, corners.reshape(-1)].view(n_layers, len(cells), 4, n_images, width)
-    rows = rows.transpose(0, 1).reshape(len(cells), n_layers * 4 * n_images, width)
+    corners = (top_left[:, None] + torch.tensor([0, 1, side, side + 1], device=cell.device)).reshape(-1)
+    # Each occupied cell's token rows, gathered once by a one-hot product: its backward is one more product,
+    # where indexing's would be a scatter-add into the grid.
+    select = torch.zeros(len(corners), n_positions, dtype=padded.dtype, device=padded.device)
+    select[torch.arange(len(corners), device=cell.device), corners] = 1.0
+    rows = torch.matmul(select, padded.reshape(n_layers, n_positions, n_images * width))
+    rows = rows.view(n_layers, len(cells), 4, n_images, width).transpose(0, 1)
+    rows = rows.reshape(len(cells), n_layers * 4 * n_images, width)       # (n_cells, n_layers * 4 * n_images, D)
+    readouts = permute_rows(readout, order, inverse).split(sizes)
     parts = []
-    for group_rows, group_readout, group_mixing in zip(rows.unbind(0), readout[order].split(sizes),
-                                                       mixing[order].split(sizes)):
+    for group_rows, group_readout, group_mixing in zip(rows.unbind(0), readouts,
+                                                       permute_rows(mixing, order, inverse).split(sizes)):
         contracted = (group_readout @ group_rows.T).view(-1, n_layers * 4, n_images)
         parts.append(torch.bmm(group_mixing, contracted)[:, 0])
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order), device=order.device)
-    return torch.cat(parts)[inverse]
+    return permute_rows(torch.cat(parts), inverse, order)
+
+
+class _PermutedRows(torch.autograd.Function):
+    """``x[order]`` for a permutation ``order``, whose gradient is gathered back by the inverse permutation
+    instead of scattered (and summed) as indexing's is."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, order)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+def permute_rows(x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` in the order of the permutation ``order`` (``inverse`` its inverse), differentiable."""
+    return _PermutedRows.apply(x, order, inverse)
 
 
 def pointwise_readout(tokens: torch.Tensor, layer_weights: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
