@@ -105,7 +105,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     compute.add_argument("--device", default=None,
                          help="auto (CUDA when available), cpu, cuda, cuda:N; training, warm start and ridge run there")
     compute.add_argument("--precision", type=precision_flag, metavar="{" + ",".join(PRECISIONS) + "}", default=None,
-                         help="autocast on CUDA (default auto: bf16 when supported); the CPU trains in fp32")
+                         help="autocast (default auto: bf16 on CUDA when supported, fp32 on the CPU); bf16 also "
+                              "applies on the CPU (a step ~30%% faster with AMX)")
     residency = compute.add_mutually_exclusive_group()
     residency.add_argument("--resident", dest="resident", action="store_const", const="on", default=None,
                            help="hold all features on the device (default: automatic by size)")

@@ -133,7 +133,7 @@ def tune_allocator() -> bool:
 
 def resolve_extract_precision(cfg: ExtractConfig) -> str:
     """The precision the model runs in under ``cfg``: ``"bf16"``, ``"fp16"`` or ``"fp32"``."""
-    return resolve_precision(cfg.precision, resolve_device(cfg.device), cpu_autocast=True)
+    return resolve_precision(cfg.precision, resolve_device(cfg.device), cpu_autocast=("bf16", "fp16"))
 
 
 def store_layout(model: FeatureModel, cfg: ExtractConfig) -> StoreLayout:

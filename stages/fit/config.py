@@ -30,6 +30,9 @@ from stages.device import Precision
 from stages.fit.factortopy import FactorTopyConfig
 from stages.fit.layer_confidence import MODEL_ERROR
 
+#: Explicit precisions FactorTopy trains and predicts in on the CPU: bf16, where AMX makes a training step about 30 %
+#: faster (fp16 would need a gradient scaler, which the CPU lacks); ``"auto"`` stays fp32 there.
+CPU_PRECISIONS = ("bf16",)
 
 #: Every float setting of :class:`FitConfig`: (lowest value, whether the lowest itself is allowed).
 FLOAT_RANGES: dict[str, tuple[float, bool]] = {
@@ -95,8 +98,9 @@ class FitConfig:
         patience: epochs without a better validation R^2 before stopping early.
         seed: seeds initialisation and batch order.
         device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (``stages.device``).
-        precision: autocast on CUDA: ``"auto"`` (bf16 when supported, else fp16), ``"bf16"``,
-            ``"fp16"`` (with a gradient scaler) or ``"fp32"``; the CPU always trains in fp32.
+        precision: autocast: ``"auto"`` (on CUDA bf16 when supported, else fp16; fp32 on the CPU),
+            ``"bf16"``, ``"fp16"`` (with a gradient scaler; CUDA only, fp32 on the CPU) or ``"fp32"``.
+            The CPU trains in bf16 only when asked (:data:`CPU_PRECISIONS`).
         resident: ``"auto"`` keeps the features on the device when they fit, ``"on"`` forces
             that, ``"off"`` streams the training features from the store. The validation
             split's are held whenever they fit (scored every epoch, they would otherwise be

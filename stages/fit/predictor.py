@@ -33,7 +33,7 @@ from cache.errors import InvalidInputError, StoreMismatchError
 from cache.store import FeatureStore
 from stages.device import resolve_device, resolve_precision
 from stages.fit.coefficients import read_coefficients
-from stages.fit.config import FitConfig
+from stages.fit.config import CPU_PRECISIONS, FitConfig
 from stages.fit.factortopy import FactorTopy, Selections
 from stages.fit.inputs import fitted_layer_indices
 from stages.fit.result import FitResult, layer_weight_column
@@ -220,4 +220,4 @@ def build_predictor(state: Mapping[str, np.ndarray], vertices: Mapping[str, np.n
                         scales=None if scales is None else [(float(a), float(b)) for a, b in scales],
                         mean=np.asarray(vertices["train_mean"], dtype=np.float32),
                         std=np.asarray(vertices["train_std"], dtype=np.float32), device=device,
-                        precision=resolve_precision(cfg.precision, device, cpu_autocast=False))
+                        precision=resolve_precision(cfg.precision, device, cpu_autocast=CPU_PRECISIONS))

@@ -5,8 +5,8 @@ several subjects sharing bottlenecks and selectors (each with its own read-out; 
 ``stages.fit.multisubject``). It checks every input before any training (store
 coverage, layer lists, NaN, split sizes), z-scores each subject's responses with its
 training statistics, trains with AdamW (separate selector learning rate), the fading
-entropy/scale prior, gradient clipping and mixed precision on GPU, each step on a batch
-of one subject (subjects interleaved in a seeded order, in proportion to their training
+entropy/scale prior, gradient clipping and mixed precision (on GPU; bf16 on the CPU when asked),
+each step on a batch of one subject (subjects interleaved in a seeded order, in proportion to their training
 images), evaluates validation R^2 after every epoch (averaged over subjects) for early
 stopping, checkpoints every epoch (resuming from the last one when the folder already
 holds a compatible checkpoint) and keeps the best epoch's model.
@@ -31,7 +31,7 @@ from cache.jsondata import to_json_data
 from cache.store import FeatureStore
 from stages.device import autocast_context, precision_dtype, resolve_device, resolve_precision
 from stages.fit.checkpoint import TrainState, has_checkpoint, restore_checkpoint, save_checkpoint
-from stages.fit.config import FitConfig
+from stages.fit.config import CPU_PRECISIONS, FitConfig
 from stages.fit.factortopy import FactorTopy
 from stages.fit.inputs import check_inputs, check_stores
 from stages.fit.layer_confidence import LayerSets
@@ -168,7 +168,7 @@ def train_factortopy(stores: Sequence[FeatureStore], subjects: Sequence[Subject]
                        coords=[torch.from_numpy(np.asarray(s.sphere_coords, dtype=np.float32)) for s in subjects],
                        cfg=cfg.model).to(device)
     optimiser = build_optimiser(model, cfg)
-    precision = resolve_precision(cfg.precision, device, cpu_autocast=False)
+    precision = resolve_precision(cfg.precision, device, cpu_autocast=CPU_PRECISIONS)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     identity = fit_identity(stores, subjects, cfg, layer_names)
     resumed = has_checkpoint(checkpoint_dir)
@@ -376,14 +376,14 @@ def train_epoch(model: FactorTopy, train: Sequence[Any], optimiser: torch.optim.
     for subject, batch in interleaved_batches(train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch):
         prior = prior_weight(state.step, weight=cfg.prior_weight, fade_steps=fade_steps)
         with autocast_context(device, precision):
-            prediction = model(batch.local, batch.global_, subject=subject)
+            chosen = model.selections(subject=subject)       # the selector MLPs once, for every term of the step
+            prediction = model(batch.local, batch.global_, subject=subject, selections=chosen)
         loss = regression_loss(prediction.float(), batch.target, beta=cfg.loss_beta)
         total = loss
         if prior > 0:
-            total = total + prior * model.regulariser(subject=subject)
+            total = total + prior * model.regulariser(subject=subject, selections=chosen)
         if cfg.smoothness_weight > 0 and edges[subject] is not None:
-            total = total + cfg.smoothness_weight * smoothness_penalty(model.selections(subject=subject),
-                                                                       edges[subject])
+            total = total + cfg.smoothness_weight * smoothness_penalty(chosen, edges[subject])
         optimiser.zero_grad(set_to_none=True)
         scaler.scale(total).backward()
         if cfg.clip_grad_norm is not None:

@@ -11,7 +11,8 @@ from sklearn.metrics import r2_score as sklearn_r2
 
 from cache.errors import IncompleteStoreError, InvalidInputError, StoreMismatchError
 from stages.fit import train as train_module
-from stages.fit.config import FitConfig
+from stages.device import resolve_precision
+from stages.fit.config import CPU_PRECISIONS, FitConfig
 from stages.fit.outputs import METRICS_FILE
 from stages.fit.result import FitResult, REQUIRED_COLUMNS
 from stages.fit.weights_file import WEIGHTS_FILE
@@ -153,6 +154,23 @@ def test_learns_the_planted_signal(store, make_subject):
     assert result.metrics["mean_r2_test"] > 0.05
     history = [row["val_r2"] for row in result.history]
     assert max(history) > history[0]
+
+
+@pytest.mark.store(n_images=160, channels=(6, 6))
+def test_bf16_applies_on_the_cpu_and_learns_like_fp32(store, make_subject):
+    """An explicit bf16 trains and predicts under CPU autocast (recorded as such) and learns about as well as
+    fp32; fp16, which needs a CUDA gradient scaler, and auto stay fp32 on the CPU."""
+    subject, _ = make_subject(n_vertices=4, noise=0.1, n_val=24, n_test=24, token="global")
+    cfg = dict(epochs=6, batch_size=8, warm_start="none", lr=1e-2, selector_lr=1e-7, patience=6, device="cpu")
+    results = {precision: fit_factortopy(store, subject, FitConfig(**cfg, precision=precision), checkpoint_dir=None,
+                                         progress=False).metrics for precision in ("fp32", "bf16")}
+    assert results["bf16"]["precision"] == "bfloat16" and results["fp32"]["precision"] == "float32"
+    assert results["fp32"]["mean_r2_test"] > 0.05
+    assert results["bf16"]["mean_r2_test"] != results["fp32"]["mean_r2_test"]
+    assert abs(results["bf16"]["mean_r2_test"] - results["fp32"]["mean_r2_test"]) < 0.05
+    cpu = torch.device("cpu")
+    assert [resolve_precision(word, cpu, cpu_autocast=CPU_PRECISIONS) for word in ("auto", "fp16", "bf16")] == [
+        "fp32", "fp32", "bf16"]
 
 
 @pytest.mark.gpu
