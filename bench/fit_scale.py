@@ -101,6 +101,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--channels", type=int, default=768)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (the fit's device)")
+    parser.add_argument("--precision", default="auto",
+                        help="the fit's autocast (auto: bf16 on CUDA, fp32 on the CPU; bf16 applies on the CPU too)")
     parser.add_argument("--resident", choices=("auto", "on", "off"), default="auto",
                         help="the fit's feature residency (off = streamed, as `bddn fit --stream`)")
     parser.add_argument("--skip-figures", action="store_true", help="do not run `bddn figures` on the fit")
@@ -218,7 +220,7 @@ class Report:
 
 def run_fit(store: FeatureStore, subject: Subject, planted_layer: np.ndarray, args: argparse.Namespace
             ) -> tuple[dict[str, Any], Any]:
-    """Fit FactorTopy with ``FitConfig()`` (epochs, device and residency from ``args``); its timings, throughput,
+    """Fit FactorTopy with ``FitConfig()`` (epochs, device, precision and residency from ``args``); its timings, throughput,
     phases (seconds and peak RSS, as the fit records them) and scores, and the fit itself.
 
     torch is imported here, not at module level, so the store-writing worker processes start without it.
@@ -228,7 +230,7 @@ def run_fit(store: FeatureStore, subject: Subject, planted_layer: np.ndarray, ar
     from stages.fit.config import FitConfig
     from stages.fit.train import fit_factortopy
 
-    cfg = FitConfig(epochs=args.epochs, device=args.device, resident=args.resident)
+    cfg = FitConfig(epochs=args.epochs, device=args.device, precision=args.precision, resident=args.resident)
     cuda = torch.cuda.is_available() and args.device != "cpu"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -321,7 +323,7 @@ def main() -> int:
     summary: dict[str, Any] = {
         "bench": "fit_scale", "environment": environment(),
         "scale": {"images": args.images, "vertices": args.vertices, "layers": args.layers,
-                  "channels": args.channels, "grid": GRID, "epochs": args.epochs}}
+                  "channels": args.channels, "grid": GRID, "epochs": args.epochs, "precision": args.precision}}
     print(f"environment: {summary['environment']}", flush=True)
     needs = estimate_needs(args)
     summary["needs_gb"] = {key: value / GB for key, value in needs.items()}
