@@ -102,9 +102,8 @@ class _Statistics:
     the shift is undone in the Gram matrix); otherwise the shifted features themselves.
     """
 
-    def __init__(self, n_features: int, n_vertices: int, n_images: int, device: torch.device, *,
-                 products: torch.dtype = torch.float32) -> None:
-        self.n_features, self.n_images, self.device, self.products = n_features, n_images, device, products
+    def __init__(self, n_features: int, n_vertices: int, n_images: int, device: torch.device) -> None:
+        self.n_features, self.n_images, self.device = n_features, n_images, device
         self.primal = n_features < n_images
         self.n = 0
         self.shift: torch.Tensor | None = None
@@ -125,7 +124,7 @@ class _Statistics:
 
     def add(self, features: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor | None) -> None:
         """Add a batch: ``features`` (b, n_features) float32, ``positions`` its training-row indices,
-        ``targets`` its centred responses (b, n_vertices) in the products' dtype (unused by the dual form)."""
+        ``targets`` its centred responses (b, n_vertices) (unused by the dual form)."""
         if self.shift is None:
             self.shift = features.mean(dim=0)
         shifted = features - self.shift
@@ -134,7 +133,7 @@ class _Statistics:
         if self.primal:
             wide = shifted.double()
             self.gram.addmm_(wide.T, wide)
-            product(shifted.T, targets, self.products, out=self.cross)
+            self.cross.addmm_(shifted.T, targets)
         else:
             self.rows[positions] = shifted
 
@@ -181,7 +180,6 @@ class _Statistics:
         for start in range(0, len(columns), VERTEX_BLOCK):
             block = slice(start, start + VERTEX_BLOCK)
             self.solution[:, block] *= shrink.index_select(1, self.chosen[columns[block]])
-        self.solution = self.solution.to(self.products)
         self.inflation = self.inflation[self.chosen[columns]]
         del self.coordinates, self.shrink, self.chosen
 
@@ -194,7 +192,7 @@ class _Statistics:
         error behind :meth:`scores`."""
         if not self.primal:
             return self.residuals[positions] ** 2
-        fitted = product((features - self.shift - self.offset) @ self.rotation, self.solution, self.products)
+        fitted = ((features - self.shift - self.offset) @ self.rotation) @ self.solution
         return ((targets - fitted) * self.inflation) ** 2
 
     def _keep_solution(self, eigenvalues: torch.Tensor, coordinates: torch.Tensor, rotation: torch.Tensor,
@@ -228,7 +226,7 @@ class _Statistics:
         keep = eigenvalues > RELATIVE_EIGENVALUE_FLOOR * eigenvalues.max().clamp_min(1e-300)
         eigenvalues, vectors = eigenvalues[keep], vectors[:, keep]
         rotation = (vectors * scale[:, None] / eigenvalues.sqrt()).float()             # (n_features, k)
-        coordinates = product(rotation.T, self.cross, self.products)                      # (k, n_vertices)
+        coordinates = rotation.T @ self.cross                                             # (k, n_vertices)
         del self.cross, self.gram
         return eigenvalues, coordinates, rotation
 
@@ -238,27 +236,6 @@ class _Statistics:
         del self.rows
         features = centred * self._column_scale((centred ** 2).sum(dim=0))
         return spectrum_from_kernel(features @ features.T)
-
-
-def product(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, *, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b`` as float32, multiplied in ``dtype``, added into ``out`` when given.
-
-    float32 is the exact product. bfloat16 rounds the inputs and each output element to 8 significant bits
-    and sums in float32 inside the product: relative errors ~0.2 %, independent from element to element, so
-    they average out of the scores, which sum thousands of them. The columns of ``b`` are taken
-    ``VERTEX_BLOCK`` at a time, so no float32 copy of a whole bfloat16 product is made.
-    """
-    if dtype == torch.float32:
-        if out is None:
-            return a @ b
-        return out.addmm_(a, b)
-    if out is None:
-        out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.float32, device=a.device)
-    narrow = a.to(dtype)
-    for start in range(0, b.shape[1], VERTEX_BLOCK):
-        block = slice(start, start + VERTEX_BLOCK)
-        out[:, block] += narrow @ b[:, block].to(dtype)
-    return out
 
 
 def gcv_scores(eigenvalues: torch.Tensor, coordinates: torch.Tensor, moments: ResponseMoments,
@@ -330,7 +307,7 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
                  device: torch.device, alphas: Sequence[float], feature_sets: Sequence[str] = ("global", "local"),
                  local_pool: int = 2, batch_size: int = 256, budget_bytes: int | None = None,
                  bootstrap: LayerBootstrap | None = None, hold: str = "auto",
-                 tokens: HeldTokens | None = None, products: torch.dtype = torch.float32) -> np.ndarray:
+                 tokens: HeldTokens | None = None) -> np.ndarray:
     """GCV R^2 on the training images of a ridge per layer (best feature set and alpha), per vertex.
 
     The evidence for a warm start of FactorTopy's layer selector: it touches neither the
@@ -353,9 +330,6 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
         hold: how the pooled features are held, see :func:`plan_passes`.
         tokens: the training images' features of these layers, already held by the fit: then the store is not
             read and nothing more is held (``hold`` is ignored).
-        products: dtype of the multiplications against every vertex (the cross products, the rotation onto the
-            eigenvectors, the bootstrap's fitted values): float32, or bfloat16 (see :func:`product`), about 5x
-            faster on CPUs with AMX. The Gram matrices and their eigenvectors stay float64 either way.
 
     Returns:
         float32 array of shape (n_vertices, n_layers).
@@ -388,11 +362,11 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
 
     scores = np.full((subject.n_vertices, len(layer_indices)), -np.inf)
     for group in groups:
-        statistics = {(slot, name): _Statistics(widths[slot][name], subject.n_vertices, len(train), device,
-                                                products=products) for slot in group for name in feature_sets}
+        statistics = {(slot, name): _Statistics(widths[slot][name], subject.n_vertices, len(train), device)
+                      for slot in group for name in feature_sets}
         needs_targets = any(stat.primal for stat in statistics.values())
         for rows, sets in batches(group):
-            targets = moments.centred(responses, train[rows], device).to(products) if needs_targets else None
+            targets = moments.centred(responses, train[rows], device) if needs_targets else None
             positions = torch.as_tensor(rows, device=device)
             for slot, values in zip(group, sets):
                 for name in feature_sets:

@@ -19,16 +19,15 @@ fitted to all of them at once, which averages them where the subjects' vertices 
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from cache.errors import InvalidInputError
 from cache.store import FeatureStore
-from stages.device import resolve_precision
 from stages.fit.factortopy import FactorTopy
-from stages.fit.config import CPU_PRECISIONS, FitConfig
+from stages.fit.config import FitConfig
 from stages.fit.layer_confidence import LayerBootstrap, LayerSets, noise_floor
 from stages.fit.layer_scores import ResponseMoments, score_layers
 from stages.fit.pooled_features import HeldTokens
@@ -219,7 +218,7 @@ def centre_targets(scores: np.ndarray, grid: int, *, temperature: float = 0.03) 
 def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequence[Subject], cfg: FitConfig, *,
                layer_indices: Sequence[int], device: torch.device,
                layer_sets: list[LayerSets] | None = None,
-               tokens: Sequence[HeldTokens | None] | None = None) -> dict[str, Any]:
+               tokens: Sequence[HeldTokens | None] | None = None) -> dict[str, float]:
     """Initialise the (shared) selectors from cheap regressions on each subject's training images; returns a summary.
 
     ``cfg.warm_start="layer"``: the layer selector from per-layer ridge scores
@@ -229,8 +228,7 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
     targets come from its own responses (``stores[i]`` holds ``subjects[i]``'s images);
     :func:`fit_selectors` fits the shared selectors to all of them at once. Both regressions
     read the training images in one pass each (the layer scores hold their pooled features in
-    between), so memory does not grow with images x vertices; a fit that trains in bf16 takes the
-    layer scores' products against every vertex in bf16 too; a subject whose training features
+    between), so memory does not grow with images x vertices; a subject whose training features
     the fit already holds (``tokens``) is not read from the store at all.
 
     Args:
@@ -244,9 +242,6 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
         return {}
     started = time.perf_counter()
     seconds = {"layer": 0.0, "space": 0.0}
-    # A fit that trains in bf16 also takes the layer scores' products against every vertex in bf16.
-    bf16 = resolve_precision(cfg.precision, device, cpu_autocast=CPU_PRECISIONS) == "bf16"
-    products = torch.bfloat16 if bf16 else torch.float32
     layer_targets, space_targets = [], []
     for store, subject, held in zip(stores, subjects, tokens or [None] * len(subjects)):
         tic = time.perf_counter()
@@ -257,7 +252,7 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
         scores = score_layers(store, subject, layer_indices=layer_indices, grid=cfg.grid, device=device,
                               alphas=SCORE_SETTINGS.alphas, feature_sets=SCORE_SETTINGS.feature_sets,
                               local_pool=SCORE_SETTINGS.local_pool, batch_size=SCORE_SETTINGS.batch_size,
-                              bootstrap=bootstrap, tokens=held, products=products)
+                              bootstrap=bootstrap, tokens=held)
         if bootstrap is not None:
             moments = ResponseMoments.of(subject.responses, np.asarray(subject.splits["train"]))
             layer_sets.append(bootstrap.sets(noise_floor=noise_floor(moments.sum_squares / moments.n,
@@ -276,5 +271,4 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
     losses = fit_selectors(model, layer_targets=layer_targets, space_targets=space_targets or None)
     return {"warm_start_seconds": time.perf_counter() - started, "warm_start_layer_scores_seconds": seconds["layer"],
             "warm_start_cell_scores_seconds": seconds["space"],
-            "warm_start_products": str(products).replace("torch.", ""),
             **{f"warm_start_{k}_loss": v for k, v in losses.items()}}
