@@ -34,8 +34,8 @@ from stages.resources import free_memory
 
 #: Fraction of free device (or host) memory resident mode may take in automatic mode.
 RESIDENT_MEMORY_FRACTION = 0.4
-#: Most bytes of features the shuffle buffer holds (its rows are capped to fit; the buffer's
-#: concatenation and batch cuts hold up to about three times this at once). At ViT-B size
+#: Most bytes of features the shuffle buffer holds (its rows are capped to fit; with the block being
+#: read and the kept rows' compaction it holds up to about 1.5 times this at once). At ViT-B size
 #: (12 x 768 channels, 8x8 + global, float16: 1.2 MB per image) that is 213 images.
 SHUFFLE_BUFFER_BYTES = 256 * 2**20
 #: Rows of targets copied at once when splits are held together.
@@ -71,14 +71,67 @@ class _HostBatch:
     def take(self, index: np.ndarray) -> "_HostBatch":
         return _HostBatch(self.positions[index], [a[index] for a in self.local], [a[index] for a in self.global_])
 
-    @staticmethod
-    def concatenate(parts: Sequence["_HostBatch"]) -> "_HostBatch":
-        if len(parts) == 1:
-            return parts[0]
-        n_layers = len(parts[0].local)
-        return _HostBatch(np.concatenate([p.positions for p in parts]),
-                          [np.concatenate([p.local[i] for p in parts]) for i in range(n_layers)],
-                          [np.concatenate([p.global_[i] for p in parts]) for i in range(n_layers)])
+
+class _ShuffleBuffer:
+    """Host batches' rows in a logical order, never concatenated: batches are gathered from the parts directly.
+
+    A concatenated copy would hold every buffered row twice while it is made (at ViT-B size
+    ~0.3 GB more, at the moment the training step's own intermediates peak); here each row is held
+    once, and :meth:`keep` compacts one part at a time.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[_HostBatch] = []
+        self.order = np.zeros(0, dtype=np.int64)   # logical row -> row of the parts' concatenation
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def add(self, part: _HostBatch) -> None:
+        """Append ``part``'s rows at the end of the logical order."""
+        start = sum(len(held) for held in self.parts)
+        self.parts.append(part)
+        self.order = np.concatenate([self.order, np.arange(start, start + len(part))])
+
+    def take(self, index: np.ndarray) -> _HostBatch:
+        """The logical rows ``index`` as one batch, in that order."""
+        rows = self.order[index]
+        if len(self.parts) == 1:
+            return self.parts[0].take(rows)
+        owner, offsets = self._owners(rows)
+        first = self.parts[0]
+        out = _HostBatch(np.empty(len(rows), dtype=first.positions.dtype),
+                         [np.empty((len(rows), *a.shape[1:]), dtype=a.dtype) for a in first.local],
+                         [np.empty((len(rows), *a.shape[1:]), dtype=a.dtype) for a in first.global_])
+        for part_index, part in enumerate(self.parts):
+            mine = np.flatnonzero(owner == part_index)
+            if len(mine):
+                there = rows[mine] - offsets[part_index]
+                for target, source in zip([out.positions, *out.local, *out.global_],
+                                          [part.positions, *part.local, *part.global_]):
+                    target[mine] = source[there]
+        return out
+
+    def keep(self, index: np.ndarray) -> None:
+        """Keep only the logical rows ``index``, in that order; each part shrinks to its kept rows and is released
+        before the next one is copied."""
+        rows = self.order[index]
+        owner, offsets = self._owners(rows)
+        parts, order, size = [], np.empty(len(rows), dtype=np.int64), 0
+        for part_index in range(len(self.parts)):
+            part, self.parts[part_index] = self.parts[part_index], None
+            mine = np.flatnonzero(owner == part_index)
+            if len(mine):
+                order[mine] = size + np.arange(len(mine))
+                parts.append(part.take(rows[mine] - offsets[part_index]))
+                size += len(mine)
+            del part
+        self.parts, self.order = parts, order
+
+    def _owners(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which part holds each row of the concatenation, and each part's first row in it."""
+        offsets = np.cumsum([0] + [len(part) for part in self.parts])
+        return np.searchsorted(offsets, rows, side="right") - 1, offsets
 
 
 def feature_bytes(store: FeatureStore, n_images: int, *, layer_indices: Sequence[int], grid: int) -> int:
@@ -164,49 +217,40 @@ class StreamedFeatures(_FeatureSourceBase):
 
     def _host_batches(self, *, batch_size: int, shuffle: bool, rng: np.random.Generator) -> Iterator[_HostBatch]:
         order = rng.permutation(len(self.groups)) if shuffle else range(len(self.groups))
-        pending: list[_HostBatch] = []
-        n_pending = 0
+        buffer = _ShuffleBuffer()
         for index in order:
-            pending.append(self._read(self.groups[index]))
-            n_pending += len(pending[-1])
-            if n_pending < (self.shuffle_buffer if shuffle else batch_size):
+            buffer.add(self._read(self.groups[index]))
+            if len(buffer) < (self.shuffle_buffer if shuffle else batch_size):
                 continue
-            buffer = _HostBatch.concatenate(pending)
-            pending = []   # the parts are freed as soon as they are copied into the buffer
             keep = self.shuffle_buffer // 2 if shuffle else 0
             n_emit = (len(buffer) - keep) // batch_size * batch_size
             permutation = rng.permutation(len(buffer)) if shuffle else np.arange(len(buffer))
             for start in range(0, n_emit, batch_size):
                 yield buffer.take(permutation[start:start + batch_size])
-            rest = buffer.take(permutation[n_emit:])
-            del buffer
-            pending, n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
-        if pending:
-            buffer = _HostBatch.concatenate(pending)
+            buffer.keep(permutation[n_emit:])
+        if len(buffer):
             permutation = rng.permutation(len(buffer)) if shuffle else np.arange(len(buffer))
             for start in range(0, len(buffer), batch_size):
                 yield buffer.take(permutation[start:start + batch_size])
 
     def _to_tensors(self, batch: _HostBatch) -> tuple[np.ndarray, list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-        """Host tensors (pinned on CUDA); runs in the prefetch thread."""
+        """Host tensors in the store's dtype (pinned on CUDA); runs in the prefetch thread. They widen to float32
+        only where they are used (:meth:`_to_device`), so the prefetched batches take half the memory."""
         cuda = self.device.type == "cuda"
 
         def convert(array: np.ndarray) -> torch.Tensor:
             tensor = torch.from_numpy(np.ascontiguousarray(array))
-            if cuda:
-                return tensor.pin_memory()
-            return tensor.float()
+            return tensor.pin_memory() if cuda else tensor
 
         return (batch.positions, [convert(a) for a in batch.local], [convert(a) for a in batch.global_],
                 convert(self.targets[batch.positions]))
 
     def _to_device(self, prepared: tuple) -> Batch:
         positions, local, global_, target = prepared
-        if self.device.type != "cuda":
-            return Batch(positions, local, global_, target)
+        cuda = self.device.type == "cuda"
 
         def move(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor.to(self.device, non_blocking=True).float()
+            return (tensor.to(self.device, non_blocking=True) if cuda else tensor).float()
 
         return Batch(positions, [move(t) for t in local], [move(t) for t in global_], move(target))
 

@@ -62,17 +62,62 @@ def test_shuffle_mixes_across_chunks(store):
 
 def test_buffer_bounds_rows_held(store, monkeypatch):
     held = []
-    original = streaming._HostBatch.concatenate
+    original = streaming._ShuffleBuffer.add
 
-    def spy(parts):
-        joined = original(parts)
-        held.append(len(joined))
-        return joined
+    def spy(buffer, part):
+        original(buffer, part)
+        held.append(sum(len(p) for p in buffer.parts))
 
-    monkeypatch.setattr(streaming._HostBatch, "concatenate", staticmethod(spy))
+    monkeypatch.setattr(streaming._ShuffleBuffer, "add", spy)
     source, _, _ = _source(store, StreamedFeatures, shuffle_buffer=20)
     _collect(source, batch_size=4, shuffle=True)
     assert held and max(held) <= 20 + store.chunk_images
+
+
+def test_shuffle_buffer_serves_what_a_concatenation_of_its_parts_would():
+    """Rows are gathered from the parts, never concatenated; batches and kept rows are those of the concatenation."""
+    rng = np.random.default_rng(0)
+
+    def part(n, start):
+        return streaming._HostBatch(np.arange(start, start + n), [rng.normal(size=(n, 3, 2, 2)).astype(np.float16)],
+                                    [rng.normal(size=(n, 3)).astype(np.float16)])
+
+    def same(batch, reference):
+        for got, wanted in zip([batch.positions, *batch.local, *batch.global_],
+                               [reference.positions, *reference.local, *reference.global_]):
+            np.testing.assert_array_equal(got, wanted)
+            assert got.dtype == wanted.dtype
+
+    parts = [part(5, 0), part(7, 5), part(4, 12)]
+    buffer = streaming._ShuffleBuffer()
+    for item in parts:
+        buffer.add(item)
+    joined = streaming._HostBatch(np.concatenate([p.positions for p in parts]),
+                                  [np.concatenate([p.local[0] for p in parts])],
+                                  [np.concatenate([p.global_[0] for p in parts])])
+    permutation = rng.permutation(len(joined))
+    same(buffer.take(permutation[:6]), joined.take(permutation[:6]))
+    buffer.keep(permutation[6:])
+    rest = joined.take(permutation[6:])
+    assert len(buffer) == len(rest) and sum(len(p) for p in buffer.parts) == len(rest)
+    buffer.add(later := part(3, 16))
+    rest = streaming._HostBatch(np.concatenate([rest.positions, later.positions]),
+                                [np.concatenate([rest.local[0], later.local[0]])],
+                                [np.concatenate([rest.global_[0], later.global_[0]])])
+    again = rng.permutation(len(rest))
+    same(buffer.take(again), rest.take(again))
+
+
+def test_prefetched_batches_stay_in_the_store_dtype_until_used(store):
+    source, ids, _ = _source(store, StreamedFeatures, shuffle_buffer=20)
+    host = next(source._host_batches(batch_size=4, shuffle=False, rng=np.random.default_rng(0)))
+    host = streaming._HostBatch(host.positions, [a.astype(np.float16) for a in host.local],
+                                [a.astype(np.float16) for a in host.global_])
+    prepared = source._to_tensors(host)
+    assert {t.dtype for t in prepared[1] + prepared[2]} == {torch.float16}
+    batch = source._to_device(prepared)
+    assert {t.dtype for t in batch.local + batch.global_} == {torch.float32}
+    np.testing.assert_array_equal(batch.local[0].numpy(), host.local[0].astype(np.float32))
 
 
 def test_reader_error_reaches_consumer(store, monkeypatch):
