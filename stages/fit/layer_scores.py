@@ -35,7 +35,7 @@ multiply-adds plus ``n_features^2 x n_vertices`` for the rotation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,19 +100,34 @@ class _Statistics:
     ``primal`` (fewer features than images): column sums, ``X^T X`` and ``X^T y`` of the
     features shifted by their first batch's mean (exact: the responses are centred, and
     the shift is undone in the Gram matrix); otherwise the shifted features themselves.
+
+    ``whiten_first`` (primal only; for features read from memory, which a second pass costs
+    nothing to re-read): the first pass takes ``X^T X`` alone; :meth:`whiten` then finds the
+    whitening rotation and a second pass (:meth:`project`) accumulates the responses'
+    coordinates ``(X R)^T y`` directly. That replaces the rotation of ``X^T y`` afterwards
+    (``n_features^2 x n_vertices`` multiply-adds, more than ``n_images x n_features^2`` when
+    vertices outnumber images) and never holds ``X^T y`` beside the coordinates.
     """
 
-    def __init__(self, n_features: int, n_vertices: int, n_images: int, device: torch.device) -> None:
-        self.n_features, self.n_images, self.device = n_features, n_images, device
+    def __init__(self, n_features: int, n_vertices: int, n_images: int, device: torch.device, *,
+                 whiten_first: bool = False) -> None:
+        self.n_features, self.n_vertices, self.n_images, self.device = n_features, n_vertices, n_images, device
         self.primal = n_features < n_images
+        self.whiten_first = whiten_first and self.primal
         self.n = 0
         self.shift: torch.Tensor | None = None
         self.sums = torch.zeros(n_features, dtype=torch.float64, device=device)
         if self.primal:
             self.gram = torch.zeros(n_features, n_features, dtype=torch.float64, device=device)
-            self.cross = torch.zeros(n_features, n_vertices, dtype=torch.float32, device=device)
+            if not self.whiten_first:
+                self.cross = torch.zeros(n_features, n_vertices, dtype=torch.float32, device=device)
         else:
             self.rows = torch.zeros(n_images, n_features, dtype=torch.float32, device=device)
+
+    @property
+    def needs_targets(self) -> bool:
+        """Whether :meth:`add` uses the batch's responses (a primal statistic accumulating ``X^T y``)."""
+        return self.primal and not self.whiten_first
 
     @staticmethod
     def nbytes(n_features: int, n_vertices: int, n_images: int, *, keep_residuals: bool = False) -> int:
@@ -124,7 +139,7 @@ class _Statistics:
 
     def add(self, features: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor | None) -> None:
         """Add a batch: ``features`` (b, n_features) float32, ``positions`` its training-row indices,
-        ``targets`` its centred responses (b, n_vertices) (unused by the dual form)."""
+        ``targets`` its centred responses (b, n_vertices) (used only when :attr:`needs_targets`)."""
         if self.shift is None:
             self.shift = features.mean(dim=0)
         shifted = features - self.shift
@@ -133,9 +148,27 @@ class _Statistics:
         if self.primal:
             wide = shifted.double()
             self.gram.addmm_(wide.T, wide)
-            self.cross.addmm_(shifted.T, targets)
+            if not self.whiten_first:
+                self.cross.addmm_(shifted.T, targets)
         else:
             self.rows[positions] = shifted
+
+    def whiten(self) -> None:
+        """After the first pass of a ``whiten_first`` statistic: the spectrum and rotation, and zeroed coordinates
+        for :meth:`project` to accumulate."""
+        self.eigenvalues, self.rotation = self._eigen()
+        self.coordinates = torch.zeros(self.rotation.shape[1], self.n_vertices, dtype=torch.float32,
+                                       device=self.device)
+
+    def project(self, features: torch.Tensor, targets: torch.Tensor) -> None:
+        """Second pass of a ``whiten_first`` statistic: add a batch's whitened features times its centred responses
+        (b, n_vertices) to the coordinates."""
+        self.coordinates.addmm_(self.whitened(features).T, targets)
+
+    def whitened(self, features: torch.Tensor) -> torch.Tensor:
+        """Features (b, n_features) centred with the training mean and rotated onto the z-scored eigenvectors, each
+        scaled to unit eigenvalue: (b, k)."""
+        return (features - self.shift - self.offset) @ self.rotation
 
     def scores(self, moments: ResponseMoments, responses: np.ndarray, train: np.ndarray,
                alphas: torch.Tensor, *, keep_residuals: bool = False) -> np.ndarray:
@@ -192,7 +225,7 @@ class _Statistics:
         error behind :meth:`scores`."""
         if not self.primal:
             return self.residuals[positions] ** 2
-        fitted = ((features - self.shift - self.offset) @ self.rotation) @ self.solution
+        fitted = self.whitened(features) @ self.solution
         return ((targets - fitted) * self.inflation) ** 2
 
     def _keep_solution(self, eigenvalues: torch.Tensor, coordinates: torch.Tensor, rotation: torch.Tensor,
@@ -209,7 +242,6 @@ class _Statistics:
         self.shrink = shrink.float()
         dof = 1.0 + shrink.sum(dim=1)
         self.inflation = (1.0 / (1.0 - dof / n).clamp_min(1e-6)).float()
-        self.offset = (self.sums / self.n).float()
 
     def _column_scale(self, variance: torch.Tensor) -> torch.Tensor:
         """1 / (column std x sqrt(n_features)); constant columns keep 1 (they are zero once centred)."""
@@ -219,16 +251,26 @@ class _Statistics:
     def _primal_spectrum(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Eigenvalues of the z-scored ``X^T X``, the responses' coordinates and the rotation taking
         centred features to them (``(n_features, k)``), from the accumulated sums."""
+        if self.whiten_first:
+            return self.eigenvalues, self.coordinates, self.rotation
+        eigenvalues, rotation = self._eigen()
+        coordinates = rotation.T @ self.cross                                             # (k, n_vertices)
+        del self.cross
+        return eigenvalues, coordinates, rotation
+
+    def _eigen(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eigenvalues of the z-scored ``X^T X`` above the floor and the rotation ``(n_features, k)`` taking centred
+        features onto its eigenvectors at unit eigenvalue; sets the training mean :attr:`offset` (relative to the
+        shift) and frees the Gram matrix."""
         mean = self.sums / self.n
         gram = self.gram - self.n * torch.outer(mean, mean)
+        del self.gram
         scale = self._column_scale(gram.diagonal())
         eigenvalues, vectors = torch.linalg.eigh(gram * scale[:, None] * scale[None, :])
         keep = eigenvalues > RELATIVE_EIGENVALUE_FLOOR * eigenvalues.max().clamp_min(1e-300)
         eigenvalues, vectors = eigenvalues[keep], vectors[:, keep]
-        rotation = (vectors * scale[:, None] / eigenvalues.sqrt()).float()             # (n_features, k)
-        coordinates = rotation.T @ self.cross                                             # (k, n_vertices)
-        del self.cross, self.gram
-        return eigenvalues, coordinates, rotation
+        self.offset = mean.float()
+        return eigenvalues, (vectors * scale[:, None] / eigenvalues.sqrt()).float()
 
     def _dual_spectrum(self) -> KernelSpectrum:
         """The spectrum of the z-scored image kernel (eigenvectors of shape (n_images, k))."""
@@ -362,15 +404,12 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
 
     scores = np.full((subject.n_vertices, len(layer_indices)), -np.inf)
     for group in groups:
-        statistics = {(slot, name): _Statistics(widths[slot][name], subject.n_vertices, len(train), device)
+        statistics = {(slot, name): _Statistics(widths[slot][name], subject.n_vertices, len(train), device,
+                                                whiten_first=dtype is not None or tokens is not None)
                       for slot in group for name in feature_sets}
-        needs_targets = any(stat.primal for stat in statistics.values())
-        for rows, sets in batches(group):
-            targets = moments.centred(responses, train[rows], device) if needs_targets else None
-            positions = torch.as_tensor(rows, device=device)
-            for slot, values in zip(group, sets):
-                for name in feature_sets:
-                    statistics[slot, name].add(values[name], positions, targets)
+        _accumulate(statistics, batches, group, moments=moments, responses=responses, train=train,
+                    device=device)
+        primal = any(stat.primal for stat in statistics.values())
         set_scores = {key: stat.scores(moments, responses, train, alpha_grid, keep_residuals=bootstrap is not None)
                       for key, stat in statistics.items()}
         for (slot, _), values in set_scores.items():
@@ -381,11 +420,36 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
             for (slot, name), stat in statistics.items():
                 stat.keep_columns(torch.as_tensor(np.flatnonzero(best_set[slot] == feature_sets.index(name)),
                                                   device=device))
-            features = batches(group) if needs_targets else None
+            features = batches(group) if primal else None
             _bootstrap_errors(subject, statistics, group, bootstrap, features, moments=moments,
                               feature_sets=feature_sets, batch_size=batch_size, device=device)
         del statistics
     return scores.astype(np.float32)
+
+
+def _accumulate(statistics: dict[tuple[int, str], _Statistics], batches: Callable[[list[int]], Iterator[ScoreBatch]],
+                group: list[int], *, moments: ResponseMoments, responses: np.ndarray, train: np.ndarray,
+                device: torch.device) -> None:
+    """One pass of ``batches(group)`` into the group's statistics; then, for the ``whiten_first`` ones, their
+    whitening and a second pass (the features are in memory) for the responses' coordinates."""
+    needs_targets = any(stat.needs_targets for stat in statistics.values())
+    for rows, sets in batches(group):
+        targets = moments.centred(responses, train[rows], device) if needs_targets else None
+        positions = torch.as_tensor(rows, device=device)
+        for slot, values in zip(group, sets):
+            for name, tensor in values.items():
+                statistics[slot, name].add(tensor, positions, targets)
+    whitened = {key: stat for key, stat in statistics.items() if stat.whiten_first}
+    if not whitened:
+        return
+    for stat in whitened.values():
+        stat.whiten()
+    for rows, sets in batches(group):
+        targets = moments.centred(responses, train[rows], device)
+        for slot, values in zip(group, sets):
+            for name, tensor in values.items():
+                if (slot, name) in whitened:
+                    whitened[slot, name].project(tensor, targets)
 
 
 def _bootstrap_errors(subject: Subject, statistics: dict[tuple[int, str], _Statistics],
