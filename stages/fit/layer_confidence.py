@@ -175,9 +175,15 @@ class LayerBootstrap:
         """Bytes the accumulator holds."""
         return 4 * (n_resamples + 1) * (n_train + n_layers * n_vertices)
 
-    def add(self, layer: int, positions: torch.Tensor, squared_errors: torch.Tensor) -> None:
-        """Add a batch of ``layer``'s squared errors, shape (b, n_vertices), of the training rows ``positions`` (b,)."""
-        self.sums[:, layer].addmm_(self.weights[:, positions], squared_errors.float())
+    def add(self, layer: int, positions: torch.Tensor, squared_errors: torch.Tensor,
+            columns: torch.Tensor | None = None) -> None:
+        """Add a batch of ``layer``'s squared errors of the training rows ``positions`` (b,): shape (b, n_vertices),
+        or (b, len(columns)) for the vertices ``columns`` (int64, distinct) only."""
+        weights = self.weights[:, positions]
+        if columns is None:
+            self.sums[:, layer].addmm_(weights, squared_errors.float())
+        else:
+            self.sums[:, layer].index_add_(1, columns, weights @ squared_errors.float())
 
     def sets(self, *, level: float = LEVEL, noise_floor: np.ndarray | None = None,
              model_error: float = MODEL_ERROR) -> LayerSets:

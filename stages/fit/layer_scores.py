@@ -226,7 +226,7 @@ class _Statistics:
         if not self.primal:
             return self.residuals[positions] ** 2
         fitted = self.whitened(features) @ self.solution
-        return ((targets - fitted) * self.inflation) ** 2
+        return fitted.sub_(targets).mul_(self.inflation).square_()
 
     def _keep_solution(self, eigenvalues: torch.Tensor, coordinates: torch.Tensor, rotation: torch.Tensor,
                        chosen: torch.Tensor, alphas: torch.Tensor, n: int) -> None:
@@ -468,15 +468,14 @@ def _bootstrap_errors(subject: Subject, statistics: dict[tuple[int, str], _Stati
         positions = torch.as_tensor(rows, device=device)
         targets = moments.centred(subject.responses, train[rows], device) if sets[0] else None
         for slot, values in zip(group, sets):
-            errors = torch.empty(len(rows), subject.n_vertices, dtype=torch.float32, device=device)
             for name in feature_sets:
                 kept = statistics[slot, name].kept
                 if len(kept) == 0:
                     continue
                 whole = len(kept) == subject.n_vertices
                 these = None if targets is None else targets if whole else targets[:, kept]
-                errors[:, kept] = statistics[slot, name].squared_errors(values.get(name), positions, these)
-            bootstrap.add(slot, positions, errors)
+                bootstrap.add(slot, positions, statistics[slot, name].squared_errors(values.get(name), positions, these),
+                              columns=None if whole else kept)
 
 
 def _layer_groups(sizes: Sequence[int], budget_bytes: int) -> list[list[int]]:

@@ -108,3 +108,16 @@ def test_the_model_error_allowance_widens_by_the_best_layers_excess_over_the_noi
 def test_noise_floor_is_the_unexplainable_share_of_the_variance():
     assert noise_floor(np.array([2.0, 4.0]), None) is None
     np.testing.assert_allclose(noise_floor(np.array([2.0, 4.0]), np.array([0.25, 1.0], dtype=np.float32)), [1.5, 0.0])
+
+
+def test_errors_of_some_vertices_add_where_a_whole_row_would():
+    rng = np.random.default_rng(4)
+    whole, parts = (LayerBootstrap(30, 2, 9, n_resamples=5, seed=2) for _ in range(2))
+    errors = torch.as_tensor(rng.random((8, 9)), dtype=torch.float32)
+    positions = torch.as_tensor(rng.choice(30, size=8, replace=False))
+    whole.add(1, positions, errors)
+    split = torch.as_tensor(rng.permutation(9))
+    for columns in (split[:4], split[4:]):
+        parts.add(1, positions, errors[:, columns], columns=columns)
+    torch.testing.assert_close(parts.sums, whole.sums)
+    assert parts.sums[:, 0].abs().sum() == 0
