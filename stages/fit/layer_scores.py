@@ -20,17 +20,20 @@ images, the best of the alpha grid per vertex, with the ridge baseline's normali
   leave-one-out through the kernel's eigenvectors (``stages.fit.ridge_solver``), reading
   the responses in vertex blocks. Here leverages vary most, and GCV would blur them.
 
-Per layer and feature set, the column sums, ``X^T X`` (float64) and ``X^T y`` for every
-vertex (float32) are accumulated over the training images; layers are grouped so that a
-group's accumulators fit the memory budget (the solve after the pass holds about one more
-accumulator's worth). The features come from one pass over the store reading every layer,
-whose pooled sets are held in memory (``stages.fit.pooled_features``: 5 numbers per channel
-per image against the store's 65) while every group's statistics and the bootstrap's
-residuals are taken from them; only when even float16 copies do not fit beside one layer's
-accumulators does each group stream the store itself (twice with a feature-space
+Per layer and feature set, the column sums and ``X^T X`` (float64) are accumulated over
+the training images, and the responses' coordinates on the whitened eigenvectors for every
+vertex (float32); layers are grouped so that a group's accumulators fit the memory budget.
+The features come from one pass over the store reading every layer, whose pooled sets are
+held in memory (``stages.fit.pooled_features``: 5 numbers per channel per image against the
+store's 65) while every group's statistics and the bootstrap's residuals are taken from
+them: a first pass for ``X^T X``, its whitening, then a second pass projecting the
+whitened features on the responses. Only when even float16 copies do not fit beside one
+layer's accumulators does each group stream the store itself, accumulating ``X^T y`` in
+the same pass and rotating it afterwards (a second store pass with a feature-space
 bootstrap). Memory therefore grows with features x vertices plus images x pooled features,
 never with images x vertices, and the cost is ``n_images x n_features x n_vertices``
-multiply-adds plus ``n_features^2 x n_vertices`` for the rotation.
+multiply-adds plus ``n_images x n_features^2`` for the whitening (streamed:
+``n_features^2 x n_vertices`` for the rotation).
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ import numpy as np
 import torch
 
 from cache.store import FeatureStore
-from stages.fit.pooled_features import HeldTokens, PooledFeatures, ScoreBatch, set_widths, streamed_batches
+from stages.fit.pooled_features import (
+    HeldTokens, PooledFeatures, ProjectedCells, ScoreBatch, set_widths, streamed_batches,
+)
 from stages.fit.ridge_solver import (
     RELATIVE_EIGENVALUE_FLOOR, KernelSpectrum, choose_alphas, loo_errors, loo_residuals, spectrum_from_kernel,
 )
@@ -349,7 +354,7 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
                  device: torch.device, alphas: Sequence[float], feature_sets: Sequence[str] = ("global", "local"),
                  local_pool: int = 2, batch_size: int = 256, budget_bytes: int | None = None,
                  bootstrap: LayerBootstrap | None = None, hold: str = "auto",
-                 tokens: HeldTokens | None = None) -> np.ndarray:
+                 tokens: HeldTokens | None = None, cells: ProjectedCells | None = None) -> np.ndarray:
     """GCV R^2 on the training images of a ridge per layer (best feature set and alpha), per vertex.
 
     The evidence for a warm start of FactorTopy's layer selector: it touches neither the
@@ -372,6 +377,8 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
         hold: how the pooled features are held, see :func:`plan_passes`.
         tokens: the training images' features of these layers, already held by the fit: then the store is not
             read and nothing more is held (``hold`` is ignored).
+        cells: filled from the same store pass when the pooled features are held and the cells fit the budget
+            beside them (their bytes count in it); otherwise left empty (``cells.values`` None).
 
     Returns:
         float32 array of shape (n_vertices, n_layers).
@@ -387,11 +394,17 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
              for slot in range(len(layer_indices))]
     held_bytes = {name: PooledFeatures.nbytes(widths, len(train), feature_sets=feature_sets, dtype=getattr(torch, name))
                   for name in ("float32", "float16")}
-    dtype, groups = plan_passes(sizes, held_bytes, score_budget(device) if budget_bytes is None else budget_bytes,
-                                hold="off" if tokens is not None else hold)
+    budget = score_budget(device) if budget_bytes is None else budget_bytes
+    hold = "off" if tokens is not None else hold
+    cell_bytes = 0 if cells is None else cells.nbytes(len(train), grid * grid)
+    dtype, groups = plan_passes(sizes, {name: size + cell_bytes for name, size in held_bytes.items()}, budget,
+                                hold=hold)
+    if dtype is None and cell_bytes:   # the pooled features alone may still fit
+        cells = None
+        dtype, groups = plan_passes(sizes, held_bytes, budget, hold=hold)
     held = None if dtype is None else PooledFeatures.read(
         store, ids, layer_indices=layer_indices, grid=grid, local_pool=local_pool, feature_sets=feature_sets,
-        batch_size=batch_size, device=device, dtype=getattr(torch, dtype))
+        batch_size=batch_size, device=device, dtype=getattr(torch, dtype), cells=cells)
     order = store.batch_order(ids, batch_size=batch_size) if tokens is not None else None
 
     def batches(group: list[int]) -> Iterator[ScoreBatch]:

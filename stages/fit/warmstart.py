@@ -19,7 +19,7 @@ fitted to all of them at once, which averages them where the subjects' vertices 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from stages.fit.factortopy import FactorTopy
 from stages.fit.config import FitConfig
 from stages.fit.layer_confidence import LayerBootstrap, LayerSets, noise_floor
 from stages.fit.layer_scores import ResponseMoments, score_layers
-from stages.fit.pooled_features import HeldTokens
+from stages.fit.pooled_features import HeldTokens, ProjectedCells
 from stages.fit.ridge import RidgeConfig, score_targets
 from stages.subject import Subject
 
@@ -101,10 +101,19 @@ def _stacked(model: FactorTopy, targets: Sequence[np.ndarray], name: str) -> np.
     return np.concatenate(targets)
 
 
+def cell_projections(store: FeatureStore, layer_indices: Sequence[int], *, n_components: int = CELL_COMPONENTS,
+                     seed: int = 0, device: torch.device = torch.device("cpu")) -> list[torch.Tensor]:
+    """Per layer slot, the seeded Gaussian projection (n_channels_l, n_components) of :func:`cell_scores`,
+    drawn in slot order."""
+    rng = np.random.default_rng(seed)
+    return [torch.as_tensor(rng.standard_normal((store.n_channels[index], n_components)), dtype=torch.float32,
+                            device=device) for index in layer_indices]
+
+
 def cell_scores(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], best_layer: np.ndarray,
                 grid: int, n_components: int = CELL_COMPONENTS, alpha: float = 1.0, seed: int = 0,
                 batch_size: int = 256, device: torch.device = torch.device("cpu"),
-                tokens: HeldTokens | None = None) -> np.ndarray:
+                tokens: HeldTokens | None = None, cells: ProjectedCells | None = None) -> np.ndarray:
     """In-sample R^2 of a small ridge on each grid cell's tokens of each vertex's best layer.
 
     Each layer's channels are reduced to ``n_components`` by a seeded Gaussian random
@@ -123,35 +132,50 @@ def cell_scores(store: FeatureStore, subject: Subject, *, layer_indices: Sequenc
         device: where the statistics are accumulated and solved.
         tokens: the training images' features of the fit's layers, already held by the fit: then the
             store is not read (batches are cut from them in the store's order).
+        cells: the training images' projected cells, filled by the layer scores' store pass (the projections of
+            :func:`cell_projections` with this ``seed`` and ``n_components``): then the store is not read either.
 
     Returns:
         float32 array of shape (n_vertices, grid * grid), cells row-major (y then x).
     """
     train = np.asarray(subject.splits["train"])
     needed = sorted(set(int(b) for b in best_layer))
-    rng = np.random.default_rng(seed)
-    projections = {slot: torch.as_tensor(rng.standard_normal((store.n_channels[layer_indices[slot]], n_components)),
-                                         dtype=torch.float32, device=device) for slot in needed}
     members = {slot: np.flatnonzero(best_layer == slot) for slot in needed}
     moments = ResponseMoments.of(subject.responses, train)
     statistics = {slot: _CellStatistics(grid * grid, n_components, len(members[slot]), device) for slot in needed}
-    ids = list(subject.stimulus_ids[train])
-    if tokens is None:
-        batches = ((batch.positions, batch.local) for batch in store.iter_batches(
-            ids, batch_size=batch_size, grid=grid, layers=[layer_indices[slot] for slot in needed]))
-    else:
-        batches = ((positions, [tokens.local[slot][torch.as_tensor(positions, device=tokens.local[slot].device)]
-                                for slot in needed]) for positions in store.batch_order(ids, batch_size=batch_size))
-    for positions, local in batches:
+    for positions, projected in _projected_batches(store, subject, layer_indices=layer_indices, slots=needed,
+                                                   grid=grid, n_components=n_components, seed=seed,
+                                                   batch_size=batch_size, device=device, tokens=tokens, cells=cells):
         targets = moments.centred(subject.responses, train[positions], device)
-        for read_index, slot in enumerate(needed):
-            layer_tokens = torch.as_tensor(local[read_index], device=device).float()          # (n, C, g, g)
-            cells = layer_tokens.flatten(2).transpose(1, 2) @ projections[slot]               # (n, cells, k)
-            statistics[slot].add(cells, targets[:, torch.as_tensor(members[slot], device=device)])
+        for slot, values in zip(needed, projected):
+            statistics[slot].add(values, targets[:, torch.as_tensor(members[slot], device=device)])
     scores = np.zeros((subject.n_vertices, grid * grid), np.float32)
     for slot in needed:
         scores[members[slot]] = statistics[slot].scores(moments.sum_squares[members[slot]], alpha)
     return scores
+
+
+def _projected_batches(store: FeatureStore, subject: Subject, *, layer_indices: Sequence[int], slots: list[int],
+                       grid: int, n_components: int, seed: int, batch_size: int, device: torch.device,
+                       tokens: HeldTokens | None, cells: ProjectedCells | None
+                       ) -> Iterator[tuple[np.ndarray, list[torch.Tensor]]]:
+    """The training images' projected cells of the layers ``slots``, per batch in the store's order: (positions,
+    per slot float32 (n, cells, n_components)), from ``cells`` when filled, else projected from ``tokens`` or a
+    store pass."""
+    if cells is not None and cells.values is not None:
+        yield from cells.batches(slots)
+        return
+    projections = cell_projections(store, layer_indices, n_components=n_components, seed=seed, device=device)
+    ids = list(subject.stimulus_ids[np.asarray(subject.splits["train"])])
+    if tokens is None:
+        batches = ((batch.positions, batch.local) for batch in store.iter_batches(
+            ids, batch_size=batch_size, grid=grid, layers=[layer_indices[slot] for slot in slots]))
+    else:
+        batches = ((positions, [tokens.local[slot][torch.as_tensor(positions, device=tokens.local[slot].device)]
+                                for slot in slots]) for positions in store.batch_order(ids, batch_size=batch_size))
+    for positions, local in batches:
+        yield positions, [ProjectedCells.project(torch.as_tensor(values, device=device), projections[slot])
+                          for slot, values in zip(slots, local)]
 
 
 class _CellStatistics:
@@ -246,13 +270,15 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
     for store, subject, held in zip(stores, subjects, tokens or [None] * len(subjects)):
         tic = time.perf_counter()
         bootstrap = None
+        cells = None if held is not None or cfg.warm_start != "layer+space" else ProjectedCells(
+            cell_projections(store, layer_indices, seed=cfg.seed, device=device))
         if layer_sets is not None and cfg.layer_resamples > 0:
             bootstrap = LayerBootstrap(len(subject.splits["train"]), len(layer_indices), subject.n_vertices,
                                        n_resamples=cfg.layer_resamples, seed=cfg.seed, device=device)
         scores = score_layers(store, subject, layer_indices=layer_indices, grid=cfg.grid, device=device,
                               alphas=SCORE_SETTINGS.alphas, feature_sets=SCORE_SETTINGS.feature_sets,
                               local_pool=SCORE_SETTINGS.local_pool, batch_size=SCORE_SETTINGS.batch_size,
-                              bootstrap=bootstrap, tokens=held)
+                              bootstrap=bootstrap, tokens=held, cells=cells)
         if bootstrap is not None:
             moments = ResponseMoments.of(subject.responses, np.asarray(subject.splits["train"]))
             layer_sets.append(bootstrap.sets(noise_floor=noise_floor(moments.sum_squares / moments.n,
@@ -266,7 +292,8 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
             best = np.nan_to_num(scores, nan=-np.inf).argmax(axis=1)
             space_targets.append(centre_targets(cell_scores(store, subject, layer_indices=layer_indices,
                                                             best_layer=best, grid=cfg.grid, seed=cfg.seed,
-                                                            device=device, tokens=held), cfg.grid))
+                                                            device=device, tokens=held, cells=cells), cfg.grid))
+            del cells
             seconds["space"] += time.perf_counter() - tic
     losses = fit_selectors(model, layer_targets=layer_targets, space_targets=space_targets or None)
     return {"warm_start_seconds": time.perf_counter() - started, "warm_start_layer_scores_seconds": seconds["layer"],

@@ -102,3 +102,37 @@ def test_a_resident_gpu_fit_reads_the_store_once_and_keeps_the_cpu_layer_sets(st
     columns = [f"layer_in_set_{layer:02d}" for layer in range(3)]
     sets = {device: np.stack([fit.vertices[column] for column in columns]) for device, fit in fits.items()}
     assert (sets["cuda"] == sets["cpu"]).mean() >= 0.9      # float32 on two devices: a near tie may flip
+
+
+@pytest.mark.store(n_images=160, channels=(6, 8, 40), chunk_images=32, smooth=True)
+def test_cells_taken_in_the_pooled_read_give_the_streamed_cell_scores_without_a_second_read(store, make_subject):
+    from stages.fit.pooled_features import ProjectedCells
+    from stages.fit.warmstart import cell_projections, cell_scores
+
+    subject, truth = make_subject(n_vertices=9, noise=0.5, seed=3, n_val=16, n_test=16)
+    cells = ProjectedCells(cell_projections(store, [0, 1, 2], n_components=4, seed=5))
+    _, _, blocks = scores_and_bootstrap(store, subject, cells=cells)
+    assert blocks == 5 and cells.values is not None
+    assert [tuple(values.shape) for values in cells.values] == [(128, 64, 4)] * 3
+    common = dict(layer_indices=[0, 1, 2], best_layer=truth["layers"], grid=8, n_components=4, seed=5, batch_size=32)
+    before = store.reads.blocks
+    held = cell_scores(store, subject, cells=cells, **common)
+    assert store.reads.blocks == before
+    streamed = cell_scores(store, subject, **common)
+    assert store.reads.blocks - before == 5
+    np.testing.assert_allclose(held, streamed, atol=2e-3)          # float16 cells
+    np.testing.assert_array_equal(held.argmax(axis=1), streamed.argmax(axis=1))
+
+
+@pytest.mark.store(n_images=160, channels=(6, 8, 40), chunk_images=32, smooth=True)
+def test_cells_that_do_not_fit_beside_the_pooled_features_are_left_to_a_store_pass(store, make_subject):
+    """128 training images: the pooled features take 138,240 bytes in float32, the cells 196,608 and the largest
+    layer's accumulators 100,768; with 300,000 bytes the pooled features fit alone, not with the cells."""
+    from stages.fit.pooled_features import ProjectedCells
+    from stages.fit.warmstart import cell_projections
+
+    subject, _ = make_subject(n_vertices=9, noise=0.5, seed=3, n_val=16, n_test=16)
+    cells = ProjectedCells(cell_projections(store, [0, 1, 2], n_components=4, seed=5))
+    _, _, blocks = scores_and_bootstrap(store, subject, cells=cells, budget_bytes=300_000)
+    assert cells.values is None
+    assert blocks == 5                                  # still one pass for the scores

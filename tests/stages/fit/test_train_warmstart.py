@@ -140,3 +140,15 @@ def test_a_resident_fit_warm_starts_from_its_held_features_with_the_streamed_lay
     for layer in range(3):
         column = f"layer_in_set_{layer:02d}"
         np.testing.assert_array_equal(fits["on"].vertices[column], fits["off"].vertices[column])
+
+
+@pytest.mark.store(n_images=64, channels=(6, 8, 12), chunk_images=16)
+def test_a_streamed_warm_start_takes_its_cells_from_the_layer_scores_store_pass(store, make_subject):
+    """The per-cell scores add no store read: a "layer+space" warm start decodes what a "layer" one does."""
+    subject, _ = make_subject(n_vertices=4)
+    cfg = FitConfig(epochs=1, batch_size=16, device="cpu", resident="off", layer_resamples=0)
+    read = {mode: train_module.fit_factortopy(store, subject, dataclasses.replace(cfg, warm_start=mode),
+                                              checkpoint_dir=None, progress=False).metrics["phases"]["warm_start"]
+            ["store_gb_read"] for mode in ("layer", "layer+space")}
+    assert read["layer"] > 0
+    assert read["layer+space"] == read["layer"]
