@@ -51,9 +51,11 @@ class ProjectedCells:
     """Every training image's local tokens per grid cell, each layer's channels reduced by a random projection,
     held in float16: the per-cell scores' features (:func:`stages.fit.warmstart.cell_scores`).
 
-    Taken from the same store pass as the pooled features, they spare the warm start a second read of the
-    store (at subj01 scale 11.8 GB decoded, about 35 s on two cores) for 0.44 GB held (8,882 images x 12
-    layers x 64 cells x 32 components). Rounding to float16 changes the per-cell scores by about 1e-4.
+    Taken from the same store pass as the pooled features when they fit the scores' budget beside them, they
+    spare the warm start a second read of the store (at 8,882 training images x 12 layers, 11.8 GB decoded:
+    30-38 s on two cores) for 0.44 GB held (8,882 images x 12 layers x 64 cells x 32 components). At subj01
+    size (37,984 vertices) a layer's accumulators leave no room for them in the host budget. Rounding to
+    float16 changes the per-cell scores by about 1e-5 or less.
 
     Attributes:
         projections: per layer slot, float32 tensor of shape (n_channels_l, n_components).
