@@ -250,10 +250,11 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
     ``"layer+space"``: also the space selector from per-cell scores of each vertex's best
     layer (``cell_scores`` -> ``centre_targets``). ``"none"`` does nothing. Each subject's
     targets come from its own responses (``stores[i]`` holds ``subjects[i]``'s images);
-    :func:`fit_selectors` fits the shared selectors to all of them at once. Both regressions
-    read the training images in one pass each (the layer scores hold their pooled features in
-    between), so memory does not grow with images x vertices; a subject whose training features
-    the fit already holds (``tokens``) is not read from the store at all.
+    :func:`fit_selectors` fits the shared selectors to all of them at once. The layer scores read
+    the training images once and hold their pooled features (and, when they fit the budget too,
+    the per-cell scores' projected cells; else the per-cell scores read the store once more), so
+    memory does not grow with images x vertices; a subject whose training features the fit
+    already holds (``tokens``) is not read from the store at all.
 
     Args:
         layer_indices: store indices of the fit's layers (resolved once by the input checks).
