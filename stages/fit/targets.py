@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages.fit.layer_scores import ROW_BLOCK, ResponseMoments
+from stages.fit.layer_statistics import ROW_BLOCK, ResponseMoments
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ from cache.store import FeatureStore
 from stages.fit.factortopy import FactorTopy
 from stages.fit.config import FitConfig
 from stages.fit.layer_confidence import LayerBootstrap, LayerSets, noise_floor
-from stages.fit.layer_scores import ResponseMoments, score_layers
+from stages.fit.layer_scores import score_layers
+from stages.fit.layer_statistics import ResponseMoments
 from stages.fit.pooled_features import HeldTokens, ProjectedCells
 from stages.fit.ridge import RidgeConfig, score_targets
 from stages.subject import Subject

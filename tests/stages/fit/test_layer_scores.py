@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stages.fit import layer_scores
-from stages.fit.layer_scores import ResponseMoments, score_layers
+from stages.fit import layer_statistics
+from stages.fit.layer_scores import score_layers
+from stages.fit.layer_statistics import ResponseMoments
 from stages.fit.ridge import RidgeConfig, fit_ridge
 
 CPU = torch.device("cpu")
@@ -91,7 +92,7 @@ def test_host_memory_does_not_grow_with_images_times_vertices(store, make_subjec
     """With 64-row response blocks and 64-image batches, numpy never holds a fifth of one float64 copy of the
     training responses (960 x 3,000 x 8 bytes = 23 MB): only per-batch and per-feature-set arrays."""
     subject, _ = make_subject(n_vertices=3000, noise=0.5, n_val=32, n_test=32)
-    monkeypatch.setattr(layer_scores, "ROW_BLOCK", 64)
+    monkeypatch.setattr(layer_statistics, "ROW_BLOCK", 64)
     tracemalloc.start()
     try:
         score_layers(store, subject, layer_indices=[0, 1], grid=8, device=CPU, alphas=ALPHAS, batch_size=64)
@@ -105,7 +106,7 @@ def test_response_moments_match_numpy_in_any_row_block(monkeypatch):
     rng = np.random.default_rng(0)
     responses = (rng.standard_normal((50, 4)) * 3 + 100).astype(np.float32)
     rows = np.sort(rng.choice(50, 37, replace=False))
-    monkeypatch.setattr(layer_scores, "ROW_BLOCK", 5)
+    monkeypatch.setattr(layer_statistics, "ROW_BLOCK", 5)
     moments = ResponseMoments.of(responses, rows)
     picked = responses[rows].astype(np.float64)
     np.testing.assert_allclose(moments.mean, picked.mean(axis=0), rtol=1e-12)
