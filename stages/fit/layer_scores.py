@@ -160,7 +160,7 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
     scores = np.full((subject.n_vertices, len(layer_indices)), -np.inf)
     for group in groups:
         statistics = {(slot, name): LayerStatistics(widths[slot][name], subject.n_vertices, len(train), device,
-                                                whiten_first=dtype is not None or tokens is not None)
+                                                    whiten_first=dtype is not None or tokens is not None)
                       for slot in group for name in feature_sets}
         _accumulate(statistics, batches, group, moments=moments, responses=responses, train=train,
                     device=device)
@@ -182,9 +182,9 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
     return scores.astype(np.float32)
 
 
-def _accumulate(statistics: dict[tuple[int, str], LayerStatistics], batches: Callable[[list[int]], Iterator[ScoreBatch]],
-                group: list[int], *, moments: ResponseMoments, responses: np.ndarray, train: np.ndarray,
-                device: torch.device) -> None:
+def _accumulate(statistics: dict[tuple[int, str], LayerStatistics],
+                batches: Callable[[list[int]], Iterator[ScoreBatch]], group: list[int], *,
+                moments: ResponseMoments, responses: np.ndarray, train: np.ndarray, device: torch.device) -> None:
     """One pass of ``batches(group)`` into the group's statistics; then, for the ``whiten_first`` ones, their
     whitening and a second pass (the features are in memory) for the responses' coordinates."""
     needs_targets = any(stat.needs_targets for stat in statistics.values())
@@ -229,8 +229,8 @@ def _bootstrap_errors(subject: Subject, statistics: dict[tuple[int, str], LayerS
                     continue
                 whole = len(kept) == subject.n_vertices
                 these = None if targets is None else targets if whole else targets[:, kept]
-                bootstrap.add(slot, positions, statistics[slot, name].squared_errors(values.get(name), positions, these),
-                              columns=None if whole else kept)
+                errors = statistics[slot, name].squared_errors(values.get(name), positions, these)
+                bootstrap.add(slot, positions, errors, columns=None if whole else kept)
 
 
 def _layer_groups(sizes: Sequence[int], budget_bytes: int) -> list[list[int]]:
