@@ -52,13 +52,14 @@ from stages.fit.pooled_features import (
 )
 from stages.fit.layer_confidence import LayerBootstrap
 from stages.fit.layer_statistics import LayerStatistics, ResponseMoments
-from stages.resources import free_memory
+from stages.resources import free_memory, release_free_memory
 from stages.subject import Subject
 
-#: Host memory the scores may hold (bytes): the pooled features when held, plus one group's accumulators. At
-#: subj01 scale (8,882 training images, 37,984 vertices, 12 layers of 768 channels) the pooled features take
-#: 0.82 GB in float16 and one layer's accumulators 0.66 GB: one store pass, then one layer at a time.
-BUDGET_BYTES = 3 * 2**29
+#: Host memory the scores may hold (bytes): the pooled features when held, the per-cell scores' projected cells
+#: when they fit beside them, plus one group's accumulators. At subj01 scale (8,882 training images, 37,984
+#: vertices, 12 layers of 768 channels) the pooled features take 0.82 GB in float16, the projected cells 0.44 GB
+#: and one layer's accumulators 0.66 GB (1.93 GB): one store pass, then one layer at a time.
+BUDGET_BYTES = 15 * 2**27
 #: Share of the free memory (device or host) the scores may take at most.
 MEMORY_FRACTION = 0.4
 
@@ -179,6 +180,7 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
             _bootstrap_errors(subject, statistics, group, bootstrap, features, moments=moments,
                               feature_sets=feature_sets, batch_size=batch_size, device=device)
         del statistics
+        release_free_memory()   # else the C heap keeps each group's freed temporaries: +0.1 GB per layer here
     return scores.astype(np.float32)
 
 

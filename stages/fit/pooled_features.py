@@ -53,9 +53,9 @@ class ProjectedCells:
 
     Taken from the same store pass as the pooled features when they fit the scores' budget beside them, they
     spare the warm start a second read of the store (at 8,882 training images x 12 layers, 11.8 GB decoded:
-    30-38 s on two cores) for 0.44 GB held (8,882 images x 12 layers x 64 cells x 32 components). At subj01
-    size (37,984 vertices) a layer's accumulators leave no room for them in the host budget; at 15,000
-    vertices they fit, and rounding them to float16 changed the per-cell scores by 2.2e-6 at most (R^2 units).
+    30-38 s on two cores) for 0.44 GB held (8,882 images x 12 layers x 64 cells x 32 components), which the
+    host budget leaves room for at subj01 size (37,984 vertices) beside one layer's accumulators. Rounding them
+    to float16 changed the per-cell scores there by 2.5e-6 at most (R^2 units).
 
     Attributes:
         projections: per layer slot, float32 tensor of shape (n_channels_l, n_components).

@@ -58,6 +58,28 @@ def test_plan_holds_float32_then_float16_then_streams_as_the_budget_shrinks():
     assert plan_passes(sizes, held, 10 ** 9, hold="off") == (None, [[0, 1, 2]])
 
 
+
+def test_host_budget_holds_subj01_pooled_features_and_cells_beside_one_layer():
+    """At subj01 size (8,882 training images, 37,984 vertices, 12 x 768 channels, 8x8 grid) the warm start reads
+    the store once: float16 pooled features plus projected cells, then one layer's accumulators at a time (two
+    would take 0.66 GB more)."""
+    from stages.fit.layer_scores import BUDGET_BYTES
+    from stages.fit.layer_statistics import LayerStatistics
+    from stages.fit.pooled_features import PooledFeatures, ProjectedCells
+
+    n_train, n_vertices, sets = 8882, 37984, ("global", "local")
+    widths = [{"global": 768, "local": 4 * 768}] * 12
+    sizes = [sum(LayerStatistics.nbytes(width[name], n_vertices, n_train, keep_residuals=True) for name in sets)
+             for width in widths]
+    cells = ProjectedCells([torch.zeros(768, 32)] * 12).nbytes(n_train, 64)
+    held = {name: PooledFeatures.nbytes(widths, n_train, feature_sets=sets, dtype=getattr(torch, name))
+            for name in ("float32", "float16")}
+    one_layer_each = [[slot] for slot in range(12)]
+    assert plan_passes(sizes, {name: size + cells for name, size in held.items()}, BUDGET_BYTES) == (
+        "float16", one_layer_each)
+    assert plan_passes(sizes, held, BUDGET_BYTES) == ("float16", one_layer_each)   # layer-only warm start
+
+
 @pytest.mark.store(n_images=160, channels=(6, 8, 40), chunk_images=32, smooth=True)
 def test_features_the_fit_holds_give_the_streamed_scores_and_cells_without_reading(store, make_subject):
     from stages.fit.pooled_features import HeldTokens
