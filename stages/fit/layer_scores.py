@@ -148,6 +148,7 @@ def score_layers(store: FeatureStore, subject: Subject, *, layer_indices: Sequen
     held = None if dtype is None else PooledFeatures.read(
         store, ids, layer_indices=layer_indices, grid=grid, local_pool=local_pool, feature_sets=feature_sets,
         batch_size=batch_size, device=device, dtype=getattr(torch, dtype), cells=cells)
+    release_free_memory()   # the store pass's decoded blocks: else the first group's peak is 0.4 GB above the rest
     order = store.batch_order(ids, batch_size=batch_size) if tokens is not None else None
 
     def batches(group: list[int]) -> Iterator[ScoreBatch]:

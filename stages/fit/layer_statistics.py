@@ -20,8 +20,8 @@ from stages.fit.ridge_solver import (
 
 #: Training rows of the responses handled at once where they are read outside the store pass.
 ROW_BLOCK = 2048
-#: Vertices scored at once (bounds a float64 (features or images, block) temporary).
-VERTEX_BLOCK = 8192
+#: Vertices scored at once (bounds a float64 (features or images, block) temporary: 0.1 GB at 3,072 features).
+VERTEX_BLOCK = 4096
 
 
 @dataclass(frozen=True)

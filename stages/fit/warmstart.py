@@ -33,6 +33,7 @@ from stages.fit.layer_scores import score_layers
 from stages.fit.layer_statistics import ResponseMoments
 from stages.fit.pooled_features import HeldTokens, ProjectedCells
 from stages.fit.ridge import RidgeConfig, score_targets
+from stages.resources import release_free_memory
 from stages.subject import Subject
 
 #: Vertices scored at once by :func:`cell_scores`: bounds its memory to ~(cells x components x block) floats.
@@ -267,6 +268,7 @@ def warm_start(model: FactorTopy, stores: Sequence[FeatureStore], subjects: Sequ
     if cfg.warm_start == "none":
         return {}
     started = time.perf_counter()
+    release_free_memory()   # what the caller freed before the fit (reading the subject, say) leaves the heap first
     seconds = {"layer": 0.0, "space": 0.0}
     layer_targets, space_targets = [], []
     for store, subject, held in zip(stores, subjects, tokens or [None] * len(subjects)):
