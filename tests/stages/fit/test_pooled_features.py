@@ -58,7 +58,6 @@ def test_plan_holds_float32_then_float16_then_streams_as_the_budget_shrinks():
     assert plan_passes(sizes, held, 10 ** 9, hold="off") == (None, [[0, 1, 2]])
 
 
-
 def test_host_budget_holds_subj01_pooled_features_and_cells_beside_one_layer():
     """At subj01 size (8,882 training images, 37,984 vertices, 12 x 768 channels, 8x8 grid) the warm start reads
     the store once: float16 pooled features plus projected cells, then one layer's accumulators at a time (two
