@@ -175,7 +175,8 @@ class LayerStatistics:
             return
         shrink = self.shrink.T.contiguous()                                                # (k, n_alphas)
         for start in range(0, len(columns), VERTEX_BLOCK):
-            # columns[j] >= j: the block's sources lie at or after its targets, and after every earlier block's
+            # columns[j] >= j (ascending, distinct): a block's sources lie at or after its targets, so no block
+            # reads a column an earlier block wrote; within a block, index_select copies before the write
             block = columns[start:start + VERTEX_BLOCK]
             solved = self.coordinates.index_select(1, block).mul_(shrink.index_select(1, self.chosen[block]))
             self.coordinates[:, start:start + len(block)] = solved
